@@ -1,0 +1,130 @@
+"""Attach and detach instrumentation without touching the user's code.
+
+Two kinds of patches, both undone exactly by `Patches.undo()`:
+- instance wrappers: a bound method replaced by a wrapper stored on the instance
+  (`optimizer.zero_grad`, `scheduler.step`, `scaler.update`, `model.train`), removed by
+  deleting the instance attribute so the class method shows through again;
+- global wrappers for free functions every loop calls through a module attribute
+  (`torch.Tensor.backward`, `torch.nn.utils.clip_grad_norm_`), installed once for all
+  active recorders and removed when the last one closes.
+Torch's own hooks (module forward hooks, optimizer step hooks) are used wherever they
+exist; their RemovableHandles are kept in the same undo list.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Callable
+
+import torch
+
+_MISSING = object()
+
+
+class Patches:
+    """An undo list of every hook and wrapper one recorder installed."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+
+    def handle(self, removable: Any) -> None:
+        """Keep a torch RemovableHandle."""
+        self._undo.append(removable.remove)
+
+    def wrap_method(self, obj: Any, name: str, make: Callable[[Callable], Callable]) -> None:
+        """Replace `obj.name` by `make(original_bound_method)` on the instance only."""
+        original = getattr(obj, name)
+        previous = obj.__dict__.get(name, _MISSING) if hasattr(obj, "__dict__") else _MISSING
+        wrapper = make(original)
+        functools.update_wrapper(wrapper, original)
+        wrapper.__diagnose_wrapped__ = True  # type: ignore[attr-defined]
+        object.__setattr__(obj, name, wrapper)
+
+        def undo() -> None:
+            if previous is _MISSING:
+                obj.__dict__.pop(name, None)
+            else:
+                object.__setattr__(obj, name, previous)
+
+        self._undo.append(undo)
+
+    def add(self, undo: Callable[[], None]) -> None:
+        self._undo.append(undo)
+
+    def undo(self) -> None:
+        """Remove everything, newest first; never raises."""
+        while self._undo:
+            fn = self._undo.pop()
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+# ---- global wrappers shared by all active recorders ---------------------------------------
+
+_lock = threading.Lock()
+_listeners: list[Any] = []
+_originals: dict[tuple[Any, str], Any] = {}
+
+
+def _global_targets() -> list[tuple[Any, str, Callable[[Callable], Callable]]]:
+    import torch.nn.utils as nn_utils
+    import torch.nn.utils.clip_grad as clip_mod
+
+    targets = [(torch.Tensor, "backward", _wrap_backward)]
+    for module in (nn_utils, clip_mod):
+        targets.append((module, "clip_grad_norm_", _wrap_clip("clip_grad_norm_")))
+        targets.append((module, "clip_grad_value_", _wrap_clip("clip_grad_value_")))
+        if hasattr(module, "clip_grad_norm"):
+            targets.append((module, "clip_grad_norm", _wrap_clip("clip_grad_norm_")))
+    return targets
+
+
+def _wrap_backward(original: Callable) -> Callable:
+    def backward(self, *args, **kwargs):
+        for listener in list(_listeners):
+            listener._safe(listener.on_backward, self)
+        return original(self, *args, **kwargs)
+
+    return backward
+
+
+def _wrap_clip(kind: str) -> Callable[[Callable], Callable]:
+    def make(original: Callable) -> Callable:
+        def clip(*args, **kwargs):
+            result = original(*args, **kwargs)
+            for listener in list(_listeners):
+                listener._safe(listener.on_clip, kind, args, kwargs, result)
+            return result
+
+        return clip
+
+    return make
+
+
+def add_global_listener(listener: Any) -> None:
+    """Route global calls (backward, clipping) to `listener` until removed."""
+    with _lock:
+        if not _listeners:
+            for owner, name, make in _global_targets():
+                original = getattr(owner, name, None)
+                if original is None or getattr(original, "__diagnose_wrapped__", False):
+                    continue
+                _originals[(owner, name)] = original
+                wrapper = make(original)
+                functools.update_wrapper(wrapper, original)
+                wrapper.__diagnose_wrapped__ = True  # type: ignore[attr-defined]
+                setattr(owner, name, wrapper)
+        if listener not in _listeners:
+            _listeners.append(listener)
+
+
+def remove_global_listener(listener: Any) -> None:
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+        if not _listeners:
+            for (owner, name), original in _originals.items():
+                setattr(owner, name, original)
+            _originals.clear()

@@ -1,0 +1,687 @@
+"""The recorder: turns hook callbacks into the run directory's records.
+
+It is the state machine behind `Monitor` (explicit objects), the zero-code mode and the
+pytest plugin. Hooks call the `on_*` methods; those do host-side bookkeeping and queue
+device work (norms, a packed copy) without reading any device value, so the training
+loop never waits on the recorder. Values come back a step later (`_drain`).
+
+Every `on_*` entry point runs through `_safe`: a fault in the recorder is reported once
+as a warning and an event, the recorder switches itself off, and training goes on.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+import traceback
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from diagnose.recorder import hooks, numerics, system
+from diagnose.recorder.writer import RunWriter
+from diagnose.rundir import schema
+
+_MAX_IN_FLIGHT = 8
+
+
+class RunDirExistsError(FileExistsError):
+    """The run directory already holds a run and overwriting was not asked for."""
+
+
+@dataclass
+class _Step:
+    """What the current optimizer step has gathered so far."""
+
+    loss: torch.Tensor | None = None
+    micro_batches: int = 0
+    samples: int = 0
+    tokens: int = 0
+    t_step: float | None = None
+    step_time_s: float | None = None
+    data_wait_s: float = 0.0
+    lr: list = field(default_factory=list)
+    lr_tensors: list = field(default_factory=list)
+    scale: torch.Tensor | None = None
+    norms_present: list | None = None
+    norms: torch.Tensor | None = None
+    clip_norm: torch.Tensor | None = None
+    clip_max: float | None = None
+
+
+@dataclass
+class RecorderOptions:
+    """What to record and how often."""
+
+    grad_every: int = 1
+    """Per-parameter gradient norms every N optimizer steps (1 = every step)."""
+    param_every: int = 25
+    """Per-parameter weight norms every N optimizer steps (for NaN weights, update ratio)."""
+    flush_interval_s: float = 1.0
+    """The writer thread flushes JSON Lines this often; a SIGKILL loses at most this."""
+    echo_nonfinite: bool = True
+    """Print one line to stderr the first time the loss or a gradient turns NaN/Inf."""
+
+    def __post_init__(self) -> None:
+        if self.grad_every < 1 or self.param_every < 1:
+            raise ValueError("grad_every and param_every must be >= 1")
+
+
+class Recorder:
+    """Records one process's training into `run_dir/rankK/`."""
+
+    def __init__(self, run_dir: str | Path, *, config: dict | None = None,
+                 options: RecorderOptions | None = None, overwrite: bool = False,
+                 command: list[str] | None = None) -> None:
+        self.options = options or RecorderOptions()
+        ranks = system.rank_info()
+        self.rank = ranks["rank"]
+        self.run_dir = Path(run_dir)
+        self.rank_dir = self.run_dir / schema.rank_dir_name(self.rank)
+        if self.rank_dir.exists() and any(self.rank_dir.iterdir()):
+            if not overwrite:
+                raise RunDirExistsError(
+                    f"{self.run_dir} already holds a recorded run; choose another directory "
+                    "or pass overwrite=True")
+            shutil.rmtree(self.rank_dir)
+        self.writer = RunWriter(self.rank_dir, flush_interval_s=self.options.flush_interval_s)
+        self.patches = hooks.Patches()
+        self.copier = numerics.HostCopier()
+        self.models: list[torch.nn.Module] = []
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.schedulers: list[Any] = []
+        self.scalers: list[Any] = []
+        self.params: list[torch.Tensor] = []
+        self.param_names: list[str] = []
+        self._param_ids: dict[int, int] = {}
+        self._frozen = False
+        self._broken = False
+        self._closed = False
+        self._t0 = time.perf_counter()
+        self._wall0 = time.time()
+        self.step = 0
+        self.epoch: int | None = None
+        self._stepped = False
+        self._cur = _Step()
+        self._calls: list[list] = []
+        self._in_scaler_step = False
+        self._unscaled: set[int] = set()
+        self._scaled_out_id: int | None = None
+        self._scaled_loss: torch.Tensor | None = None
+        self._wait_pending = 0.0
+        self._last_step_t: float | None = None
+        self._inflight: deque = deque()
+        self._device: torch.device | None = None
+        self._bw_order: list[int] = []
+        self._bw_handles: list[Any] = []
+        self._warned_nonfinite = False
+        self._listening = False
+        start = {"type": "start", "schema_version": schema.SCHEMA_VERSION,
+                 "run_id": f"{int(self._wall0 * 1000):x}", "started_at": self._wall0,
+                 "command": command if command is not None else list(sys.argv),
+                 "cwd": str(Path.cwd()), "config": config or {},
+                 "versions": system.versions(), "device": system.device_name(),
+                 "options": {"grad_every": self.options.grad_every,
+                             "param_every": self.options.param_every,
+                             "flush_interval_s": self.options.flush_interval_s}}
+        start.update(ranks)
+        self.writer.line(schema.META_FILE, start)
+        self.writer.line(schema.META_FILE, {"type": "status", "status": schema.STATUS_RUNNING,
+                                            "at": self._wall0})
+        hooks.add_global_listener(self)
+        self._listening = True
+
+    # ---- attaching ----------------------------------------------------------------------
+    def watch(self, model=None, optimizer=None, scheduler=None, scaler=None, *,
+              models=(), optimizers=(), schedulers=(), scalers=()) -> None:
+        """Attach hooks to more objects (any may be None)."""
+        for m in [model, *models]:
+            if m is not None and all(m is not x for x in self.models):
+                self._attach_model(m)
+        for o in [optimizer, *optimizers]:
+            if o is not None and all(o is not x for x in self.optimizers):
+                self._attach_optimizer(o)
+        for s in [scheduler, *schedulers]:
+            if s is not None and all(s is not x for x in self.schedulers):
+                self._attach_scheduler(s)
+        for s in [scaler, *scalers]:
+            if s is not None and all(s is not x for x in self.scalers):
+                self._attach_scaler(s)
+        self._write_objects()
+
+    def _attach_model(self, model: torch.nn.Module) -> None:
+        index = len(self.models)
+        self.models.append(model)
+        name = f"model{index}"
+        self.patches.handle(model.register_forward_pre_hook(
+            lambda mod, args, i=index: self._safe(self.on_forward_pre, i, mod, args)))
+        self.patches.handle(model.register_forward_hook(
+            lambda mod, args, out, i=index: self._safe(self.on_forward, i, out)))
+
+        def make_train(original):
+            def train(mode: bool = True):
+                self._safe(self._token, f"{name}.{'train' if mode else 'eval'}")
+                return original(mode)
+            return train
+
+        def make_zero_grad(original):
+            def zero_grad(*args, **kwargs):
+                self._safe(self.on_zero_grad, name)
+                return original(*args, **kwargs)
+            return zero_grad
+
+        self.patches.wrap_method(model, "train", make_train)
+        self.patches.wrap_method(model, "zero_grad", make_zero_grad)
+
+    def _attach_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        index = len(self.optimizers)
+        self.optimizers.append(opt)
+        name = f"opt{index}"
+        self.patches.handle(opt.register_step_pre_hook(
+            lambda o, args, kwargs: self._safe(self.on_optimizer_step_pre, name, o)))
+        self.patches.handle(opt.register_step_post_hook(
+            lambda o, args, kwargs: self._safe(self.on_optimizer_step_post)))
+
+        def make_zero_grad(original):
+            def zero_grad(*args, **kwargs):
+                self._safe(self.on_zero_grad, name)
+                return original(*args, **kwargs)
+            return zero_grad
+
+        self.patches.wrap_method(opt, "zero_grad", make_zero_grad)
+
+    def _attach_scheduler(self, sched: Any) -> None:
+        name = f"sched{len(self.schedulers)}"
+        self.schedulers.append(sched)
+
+        def make_step(original):
+            def step(*args, **kwargs):
+                self._safe(self._token, f"{name}.step")
+                return original(*args, **kwargs)
+            return step
+
+        self.patches.wrap_method(sched, "step", make_step)
+
+    def _attach_scaler(self, scaler: Any) -> None:
+        name = f"scaler{len(self.scalers)}"
+        self.scalers.append(scaler)
+
+        def make_scale(original):
+            def scale(outputs):
+                out = original(outputs)
+                self._safe(self.on_scale, name, outputs, out)
+                return out
+            return scale
+
+        def make_unscale(original):
+            def unscale_(optimizer):
+                if not self._in_scaler_step:
+                    self._safe(self.on_unscale, name, optimizer)
+                return original(optimizer)
+            return unscale_
+
+        def make_step(original):
+            def step(optimizer, *args, **kwargs):
+                self._safe(self.on_scaler_step_pre, name, scaler, optimizer)
+                self._in_scaler_step = True
+                try:
+                    return original(optimizer, *args, **kwargs)
+                finally:
+                    self._in_scaler_step = False
+                    self._safe(self.on_optimizer_step_post)
+            return step
+
+        def make_update(original):
+            def update(*args, **kwargs):
+                self._safe(self._token, f"{name}.update")
+                self._unscaled.clear()
+                return original(*args, **kwargs)
+            return update
+
+        self.patches.wrap_method(scaler, "scale", make_scale)
+        self.patches.wrap_method(scaler, "unscale_", make_unscale)
+        self.patches.wrap_method(scaler, "step", make_step)
+        self.patches.wrap_method(scaler, "update", make_update)
+
+    def _freeze_params(self) -> None:
+        """Fix the parameter table (Arrow columns) at the first recorded call."""
+        if self._frozen:
+            return
+        self._frozen = True
+        multi = len(self.models) > 1
+        for mi, model in enumerate(self.models):
+            for pname, p in model.named_parameters():
+                self._add_param(p, f"model{mi}.{pname}" if multi else pname, model, pname)
+        for oi, opt in enumerate(self.optimizers):
+            for gi, group in enumerate(opt.param_groups):
+                for j, p in enumerate(group["params"]):
+                    self._add_param(p, f"opt{oi}.group{gi}.{j}", None, None)
+        owner = {}
+        for oi, opt in enumerate(self.optimizers):
+            for gi, group in enumerate(opt.param_groups):
+                for p in group["params"]:
+                    owner.setdefault(id(p), (oi, gi))
+        for index, p in enumerate(self.params):
+            oi, gi = owner.get(id(p), (None, None))
+            row = self._param_rows[index]
+            row["optimizer"], row["group"] = oi, gi
+            self.writer.line(schema.PARAMS_FILE, row)
+        self.writer.set_param_count(len(self.params))
+        if self.params:
+            self._device = self.params[0].device
+        # The order gradients arrive in on the first backward ("backward order"): used to
+        # name the *first* parameter that went non-finite. Hooks removed after one step.
+        for index, p in enumerate(self.params):
+            if p.requires_grad and hasattr(p, "register_post_accumulate_grad_hook"):
+                self._bw_handles.append(p.register_post_accumulate_grad_hook(
+                    lambda _p, i=index: self._bw_order.append(i)))
+        self._write_objects()
+
+    def _add_param(self, p: torch.Tensor, name: str, model, pname) -> None:
+        if id(p) in self._param_ids:
+            return
+        if not hasattr(self, "_param_rows"):
+            self._param_rows: list[dict] = []
+        module_path, module_type = "", ""
+        if model is not None and pname is not None:
+            module_path = pname.rpartition(".")[0]
+            try:
+                module_type = type(model.get_submodule(module_path)).__name__
+            except AttributeError:
+                module_type = ""
+        self._param_ids[id(p)] = len(self.params)
+        self.params.append(p)
+        self.param_names.append(name)
+        self._param_rows.append({
+            "index": len(self._param_rows), "name": name, "shape": list(p.shape),
+            "numel": p.numel(), "dtype": str(p.dtype).replace("torch.", ""),
+            "module": module_path, "module_type": module_type,
+            "requires_grad": bool(p.requires_grad)})
+
+    def _write_objects(self) -> None:
+        self.writer.line(schema.META_FILE, {
+            "type": "objects",
+            "models": [{"index": i, "class": type(m).__name__} for i, m in enumerate(self.models)],
+            "optimizers": [_describe_optimizer(i, o, self._param_ids)
+                           for i, o in enumerate(self.optimizers)],
+            "schedulers": [_describe_scheduler(i, s) for i, s in enumerate(self.schedulers)],
+            "scalers": [_describe_scaler(i, s) for i, s in enumerate(self.scalers)]})
+
+    # ---- hook callbacks ------------------------------------------------------------------
+    def _safe(self, fn: Callable, *args) -> Any:
+        if self._broken or self._closed:
+            return None
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - never raise into the user's loop
+            self._fault(exc)
+            return None
+
+    def _fault(self, exc: BaseException) -> None:
+        self._broken = True
+        message = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"diagnose: the recorder failed and switched itself off ({message}); "
+                      "training continues, the record is incomplete", RuntimeWarning,
+                      stacklevel=3)
+        self.writer.line(schema.EVENTS_FILE, {
+            "kind": "recorder_error", "step": self.step, "t_s": self._now(),
+            "message": message, "traceback": traceback.format_exc(limit=8)})
+
+    def _now(self) -> float:
+        return round(time.perf_counter() - self._t0, 6)
+
+    def _token(self, name: str, flags: str | None = None) -> list:
+        if not self._frozen:
+            self._freeze_params()
+        token = [name, flags]
+        self._calls.append(token)
+        return token
+
+    def _open_if_stepped(self) -> None:
+        if self._stepped:
+            self._close_step()
+            self.step += 1
+            self._stepped = False
+            self._cur = _Step()
+
+    def on_zero_grad(self, owner: str) -> None:
+        self._open_if_stepped()
+        self._token(f"{owner}.zero_grad")
+
+    def on_forward_pre(self, index: int, module: torch.nn.Module, args: tuple) -> None:
+        training = module.training
+        grad = torch.is_grad_enabled()
+        inference = torch.is_inference_mode_enabled()
+        if training and grad:
+            self._open_if_stepped()
+        flags = ("T" if training else "E") + ("I" if inference else ("G" if grad else "N"))
+        self._last_forward = self._token(f"model{index}.forward", flags)
+        if training and grad and index == 0:
+            first = _first_tensor(args)
+            if first is not None and first.dim() > 0:
+                self._cur.samples += int(first.shape[0])
+                if not first.is_floating_point() and not first.is_complex() \
+                        and first.dtype != torch.bool:
+                    self._cur.tokens += first.numel()
+
+    def on_forward(self, index: int, output: Any) -> None:
+        if not torch.is_grad_enabled():
+            return
+        tensor = _first_tensor(output, needs_grad=True)
+        if tensor is None:
+            return
+        token = self._last_forward
+
+        def mark(_grad, token=token):
+            if token[1] is not None and "B" not in token[1]:
+                token[1] += "B"
+
+        tensor.register_hook(mark)
+
+    def on_backward(self, tensor: torch.Tensor) -> None:
+        self._open_if_stepped()
+        self._token("backward")
+        if tensor.numel() != 1 or not tensor.is_floating_point():
+            return
+        if self._scaled_out_id is not None and id(tensor) == self._scaled_out_id \
+                and self._scaled_loss is not None:
+            loss = self._scaled_loss
+        else:
+            loss = tensor.detach()
+        loss = loss.detach().float().reshape(())
+        self._cur.loss = loss if self._cur.loss is None else self._cur.loss + loss
+        self._cur.micro_batches += 1
+        self._scaled_out_id, self._scaled_loss = None, None
+
+    def on_scale(self, name: str, outputs: Any, out: Any) -> None:
+        self._token(f"{name}.scale")
+        if isinstance(outputs, torch.Tensor) and outputs.numel() == 1:
+            self._scaled_out_id = id(out)
+            self._scaled_loss = outputs.detach()
+
+    def on_unscale(self, name: str, optimizer) -> None:
+        self._token(f"{name}.unscale_")
+        self._unscaled.add(id(optimizer))
+
+    def on_scaler_step_pre(self, name: str, scaler, optimizer) -> None:
+        self._token(f"{name}.step")
+        scale = getattr(scaler, "_scale", None) if scaler.is_enabled() else None
+        if scale is not None:
+            self._cur.scale = scale.detach().clone()
+        self._at_optimizer_step(None if id(optimizer) in self._unscaled else scale)
+
+    def on_optimizer_step_pre(self, name: str, opt) -> None:
+        self._token(f"{name}.step")
+        if not self._in_scaler_step:
+            self._at_optimizer_step(None)
+
+    def on_optimizer_step_post(self) -> None:
+        self._stepped = True
+
+    def on_clip(self, kind: str, args: tuple, kwargs: dict, result: Any) -> None:
+        self._token(kind)
+        if kind == "clip_grad_norm_":
+            max_norm = kwargs.get("max_norm", args[1] if len(args) > 1 else None)
+            self._cur.clip_max = float(max_norm) if max_norm is not None else None
+            if isinstance(result, torch.Tensor):
+                self._cur.clip_norm = result.detach()
+
+    def _at_optimizer_step(self, scale: torch.Tensor | None) -> None:
+        """Grad norms, LR and timing at an optimizer step (first one in the step only)."""
+        cur = self._cur
+        if cur.t_step is not None:
+            return
+        now = time.perf_counter()
+        cur.t_step = now
+        cur.step_time_s = now - (self._last_step_t if self._last_step_t is not None else self._t0)
+        self._last_step_t = now
+        cur.data_wait_s, self._wait_pending = self._wait_pending, 0.0
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                lr = group.get("lr")
+                if isinstance(lr, torch.Tensor):
+                    cur.lr.append(None)
+                    cur.lr_tensors.append((len(cur.lr) - 1, lr.detach()))
+                else:
+                    cur.lr.append(float(lr) if lr is not None else None)
+        if self.step % self.options.grad_every == 0 and self.params:
+            present, norms = numerics.grad_norms(self.params)
+            if norms is not None and scale is not None:
+                norms = norms / scale.float()
+            cur.norms_present, cur.norms = present, norms
+
+    def data_wait(self, seconds: float) -> None:
+        """Time spent waiting for a batch (from a watched loader)."""
+        self._wait_pending += seconds
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.event("epoch", epoch=epoch)
+
+    def phase_token(self, phase: str) -> None:
+        self._safe(self._token, f"phase:{phase}")
+
+    def event(self, kind: str, **data: Any) -> None:
+        """Write a discrete event (epoch, metrics, checkpoint, exception, ...)."""
+        if self._closed:
+            return
+        record = {"kind": kind, "step": self.step, "t_s": self._now()}
+        record.update(data)
+        self.writer.line(schema.EVENTS_FILE, record)
+
+    # ---- step records ---------------------------------------------------------------------
+    def _close_step(self) -> None:
+        cur = self._cur
+        if self._bw_handles and self._bw_order:
+            for handle in self._bw_handles:
+                handle.remove()
+            self._bw_handles.clear()
+            self.event("backward_order", order=list(dict.fromkeys(self._bw_order)))
+        parts: dict[str, torch.Tensor | None] = {
+            "loss": cur.loss, "scale": cur.scale, "clip_norm": cur.clip_norm,
+            "norms": cur.norms}
+        if cur.scale is not None:
+            scaler_scale = next((getattr(s, "_scale", None) for s in self.scalers
+                                 if getattr(s, "_scale", None) is not None), None)
+            parts["scale_after"] = scaler_scale
+        if cur.lr_tensors:
+            parts["lr_tensors"] = torch.stack([t.float().reshape(()) for _, t in cur.lr_tensors])
+        if self.step % self.options.param_every == 0 and self.params:
+            parts["param_norms"] = numerics.tensor_norms(self.params)
+        alloc, reserved, peak = system.cuda_memory(self._device)
+        meta = {
+            "step": self.step, "epoch": self.epoch,
+            "t_s": round((cur.t_step or time.perf_counter()) - self._t0, 6),
+            "micro_batches": cur.micro_batches, "lr": cur.lr,
+            "clip_max": cur.clip_max,
+            "step_time_s": cur.step_time_s, "data_wait_s": cur.data_wait_s,
+            "samples": cur.samples, "tokens": cur.tokens or None,
+            "mem_alloc_bytes": alloc, "mem_reserved_bytes": reserved, "mem_peak_bytes": peak,
+            "rss_bytes": system.rss_bytes(),
+            "_present": cur.norms_present, "_lr_slots": [i for i, _ in cur.lr_tensors]}
+        self._inflight.append(self.copier.pack(parts, meta))
+        self._write_calls()
+        self._drain(block=False)
+
+    def _write_calls(self) -> None:
+        if not self._calls:
+            return
+        tokens = _run_length([name if not flags else f"{name}[{flags}]"
+                              for name, flags in self._calls])
+        self._calls = []
+        self.writer.line(schema.EVENTS_FILE, {"kind": "calls", "step": self.step, "calls": tokens})
+
+    def _drain(self, block: bool) -> None:
+        while self._inflight and (block or len(self._inflight) > _MAX_IN_FLIGHT
+                                  or self._inflight[0].ready()):
+            self._finalize(self._inflight.popleft())
+
+    def _finalize(self, flight: numerics.InFlight) -> None:
+        values = flight.values()
+        meta = flight.meta
+        present = meta.pop("_present")
+        lr_slots = meta.pop("_lr_slots")
+        self.copier.release(flight)
+        record = dict(meta)
+        for slot, value in zip(lr_slots, values.get("lr_tensors", [])):
+            record["lr"][slot] = float(value)
+        record["loss"] = _scalar(values.get("loss"))
+        record["scale"] = _scalar(values.get("scale"))
+        record["scale_after"] = _scalar(values.get("scale_after"))
+        record["clip_norm"] = _scalar(values.get("clip_norm"))
+        step = record["step"]
+        if "norms" in values and present is not None:
+            full = np.full(len(self.params), -1.0, dtype=np.float32)
+            full[present] = values["norms"]
+            got = values["norms"].astype(np.float64)
+            record["grad_norm"] = float(np.sqrt(np.sum(got * got))) if got.size else None
+            if not np.isfinite(full).all():  # the -1 "no gradient" sentinel is finite
+                record["nonfinite_grads"] = [i for i in self._bw_order_or_index()
+                                             if not math.isfinite(float(full[i]))]
+            self.writer.matrix_row(schema.GRAD_NORMS_FILE, step, full)
+        if "param_norms" in values:
+            self.writer.matrix_row(schema.PARAM_NORMS_FILE, step, values["param_norms"])
+        self.writer.line(schema.STEPS_FILE, record)
+        self._echo_nonfinite(record)
+
+    def _bw_order_or_index(self) -> list[int]:
+        seen = list(dict.fromkeys(self._bw_order))
+        seen_set = set(seen)
+        return seen + [i for i in range(len(self.params)) if i not in seen_set]
+
+    def _echo_nonfinite(self, record: dict) -> None:
+        if self._warned_nonfinite or not self.options.echo_nonfinite:
+            return
+        loss = record.get("loss")
+        skipped = (record.get("scale_after") is not None and record.get("scale") is not None
+                   and record["scale_after"] < record["scale"])
+        what = None
+        if loss is not None and not math.isfinite(loss):
+            what = f"the loss is {loss}"
+        elif record.get("nonfinite_grads") and not skipped:
+            first = self.param_names[record["nonfinite_grads"][0]]
+            what = f"gradients are NaN/Inf (first: {first})"
+        if what:
+            self._warned_nonfinite = True
+            print(f"diagnose: at step {record['step']} {what}", file=sys.stderr)
+
+    # ---- closing --------------------------------------------------------------------------
+    def close(self, status: str = schema.STATUS_FINISHED, error: str | None = None) -> None:
+        """Finish the last step, flush everything, remove every hook. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if not self._broken:
+                if self._stepped or self._cur.loss is not None:
+                    self._close_step()
+                self._write_calls()
+                self._drain(block=True)
+        except Exception as exc:  # noqa: BLE001
+            self._fault(exc)
+        self._closed = True
+        for handle in self._bw_handles:
+            handle.remove()
+        self.patches.undo()
+        if self._listening:
+            hooks.remove_global_listener(self)
+            self._listening = False
+        record = {"type": "status", "status": status, "at": time.time(),
+                  "steps": self.step + (1 if self._stepped else 0)}
+        if error:
+            record["error"] = error
+        if self.writer.failed:
+            record["incomplete"] = self.writer.failed
+        self.writer.line(schema.META_FILE, record)
+        self.writer.close()
+
+    def __del__(self) -> None:  # a forgotten close() must not leave hooks behind
+        try:
+            if not self._closed and self._listening:
+                hooks.remove_global_listener(self)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _run_length(tokens: list[str]) -> list[str]:
+    """Collapse repeats: 200 evaluation forwards become one `model0.forward[EN]*200`."""
+    out: list[str] = []
+    count = 0
+    for i, token in enumerate(tokens):
+        count += 1
+        if i + 1 == len(tokens) or tokens[i + 1] != token:
+            out.append(token if count == 1 else f"{token}*{count}")
+            count = 0
+    return out
+
+
+def _scalar(values: np.ndarray | None) -> float | None:
+    if values is None or len(values) == 0:
+        return None
+    return float(values[0])
+
+
+def _first_tensor(obj: Any, needs_grad: bool = False, depth: int = 0) -> torch.Tensor | None:
+    """The first tensor in a (nested) forward input/output, optionally one needing grad."""
+    if isinstance(obj, torch.Tensor):
+        return obj if (not needs_grad or obj.requires_grad) else None
+    if depth > 2:
+        return None
+    if isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif hasattr(obj, "__dataclass_fields__"):
+        items = (getattr(obj, f) for f in obj.__dataclass_fields__)
+    else:
+        return None
+    for item in items:
+        found = _first_tensor(item, needs_grad, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe_optimizer(index: int, opt, param_ids: dict[int, int]) -> dict:
+    groups = []
+    for group in opt.param_groups:
+        groups.append({k: _jsonable(v) for k, v in group.items() if k != "params"} |
+                      {"params": [param_ids.get(id(p)) for p in group["params"]]})
+    return {"index": index, "class": type(opt).__name__, "groups": groups}
+
+
+_SCHED_KEYS = ("total_steps", "T_max", "T_0", "step_size", "milestones", "gamma", "eta_min",
+               "max_lr", "last_epoch", "base_lrs", "mode", "patience", "factor", "warmup",
+               "total_iters", "pct_start", "anneal_strategy", "cooldown", "min_lrs")
+
+
+def _describe_scheduler(index: int, sched) -> dict:
+    config = {k: _jsonable(getattr(sched, k)) for k in _SCHED_KEYS if hasattr(sched, k)}
+    if hasattr(sched, "_schedulers"):
+        config["children"] = [type(s).__name__ for s in sched._schedulers]
+    return {"index": index, "class": type(sched).__name__, "config": config}
+
+
+def _describe_scaler(index: int, scaler) -> dict:
+    return {"index": index, "enabled": bool(scaler.is_enabled()),
+            "init_scale": _jsonable(getattr(scaler, "_init_scale", None)),
+            "growth_interval": _jsonable(getattr(scaler, "_growth_interval", None)),
+            "backoff_factor": _jsonable(getattr(scaler, "_backoff_factor", None)),
+            "growth_factor": _jsonable(getattr(scaler, "_growth_factor", None))}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return None  # reading it would sync the device
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)

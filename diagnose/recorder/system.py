@@ -1,0 +1,72 @@
+"""Facts about the process and machine: versions, device, rank, memory.
+
+Everything here is cheap and host-side: CUDA allocator statistics are read from the
+caching allocator's counters (no device sync) and RSS from /proc.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import socket
+import sys
+
+import torch
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def versions() -> dict:
+    from diagnose import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diagnose": __version__,
+    }
+
+
+def device_name() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return "cpu"
+
+
+def rank_info() -> dict:
+    """Rank, local rank and world size from torch.distributed or torchrun's env vars."""
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+    except Exception:  # noqa: BLE001
+        pass
+    return {"rank": rank, "local_rank": local_rank, "world_size": world_size,
+            "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def rss_bytes() -> int | None:
+    """Resident set size of this process now (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        try:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return peak if sys.platform == "darwin" else peak * 1024
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def cuda_memory(device: torch.device | None) -> tuple[int | None, int | None, int | None]:
+    """CUDA (allocated, reserved, peak allocated) bytes; Nones off CUDA."""
+    if device is None or device.type != "cuda":
+        return None, None, None
+    return (torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device),
+            torch.cuda.max_memory_allocated(device))

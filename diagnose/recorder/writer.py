@@ -1,0 +1,245 @@
+"""Buffered, crash-tolerant writer for one rank's run-directory files.
+
+The training thread only appends Python objects to an in-memory queue; a daemon
+thread serialises them (JSON Lines, Arrow IPC record batches) and flushes every
+`flush_interval_s`. So a SIGKILL loses at most the records of the last flush
+interval, and a torn last line is the worst a crash can leave behind.
+
+Any I/O failure (disk full, directory removed, permissions) switches the writer
+off with one warning: the user's training goes on, and the status records say the
+record is incomplete.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diagnose.rundir import schema
+
+_STOP = object()
+_FLUSH = object()
+
+
+def _clean(value: Any) -> Any:
+    """Make a record JSON-safe: non-finite floats become "nan"/"inf"/"-inf"."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating,)):
+        return _clean(float(value))
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def dumps(record: dict) -> str:
+    """One JSON line for `record` (non-finite floats as strings, unknown objects as str)."""
+    return json.dumps(_clean(record), separators=(",", ":"), allow_nan=False)
+
+
+@dataclass
+class _Matrix:
+    """Pending rows of one Arrow file: steps and float32 vectors."""
+
+    path: Path
+    columns: int
+    steps: list
+    rows: list
+    sink: Any = None
+    writer: Any = None
+
+
+class RunWriter:
+    """Writes one rank's files; every public method is cheap and never raises."""
+
+    def __init__(self, rank_dir: Path, n_params: int = 0, flush_interval_s: float = 1.0,
+                 arrow_chunk_rows: int = 256, arrow_interval_s: float = 10.0) -> None:
+        self.rank_dir = Path(rank_dir)
+        self.flush_interval_s = flush_interval_s
+        self.arrow_chunk_rows = arrow_chunk_rows
+        self.arrow_interval_s = arrow_interval_s
+        self.failed: str | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._files: dict[str, Any] = {}
+        self._matrices: dict[str, _Matrix] = {}
+        self._n_params = n_params
+        self._last_arrow_flush = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="diagnose-writer", daemon=True)
+        try:
+            self.rank_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._fail(exc)
+        self._thread.start()
+
+    # ---- called from the training thread -------------------------------------------
+    def line(self, file_name: str, record: dict) -> None:
+        """Queue one JSON line for `file_name` (meta, params, steps or events)."""
+        if self.failed is None:
+            self._queue.put((file_name, record))
+
+    def matrix_row(self, file_name: str, step: int, values: np.ndarray) -> None:
+        """Queue one float32 row (one value per parameter) for an Arrow file."""
+        if self.failed is None:
+            self._queue.put((file_name, (step, values)))
+
+    def set_param_count(self, n_params: int) -> None:
+        """Fix the number of parameter columns (before the first matrix row)."""
+        self._n_params = n_params
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Write everything queued so far (blocks until done or `timeout_s`)."""
+        done = threading.Event()
+        self._queue.put((_FLUSH, done))
+        if self._thread.is_alive():
+            done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush, close every file and stop the thread."""
+        self._queue.put((_STOP, None))
+        self._thread.join(timeout_s)
+
+    # ---- the writer thread -----------------------------------------------------------
+    def _loop(self) -> None:
+        deadline = time.monotonic() + self.flush_interval_s
+        while True:
+            timeout = max(0.0, deadline - time.monotonic())
+            try:
+                kind, payload = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                self._flush_files(arrow_force=False)
+                deadline = time.monotonic() + self.flush_interval_s
+                continue
+            if kind is _STOP:
+                self._flush_files(arrow_force=True)
+                self._close_files()
+                return
+            if kind is _FLUSH:
+                self._flush_files(arrow_force=True)
+                payload.set()
+                continue
+            if self.failed is not None:
+                continue
+            try:
+                if isinstance(payload, tuple):
+                    self._add_row(kind, *payload)
+                else:
+                    self._handle(kind).write(dumps(payload) + "\n")
+            except Exception as exc:  # noqa: BLE001 - a recorder fault must never escape
+                self._fail(exc)
+            if time.monotonic() >= deadline:
+                self._flush_files(arrow_force=False)
+                deadline = time.monotonic() + self.flush_interval_s
+
+    def _handle(self, file_name: str):
+        handle = self._files.get(file_name)
+        if handle is None:
+            handle = open(self.rank_dir / file_name, "a", encoding="utf-8")
+            self._files[file_name] = handle
+        return handle
+
+    def _add_row(self, file_name: str, step: int, values: np.ndarray) -> None:
+        matrix = self._matrices.get(file_name)
+        if matrix is None:
+            matrix = _Matrix(self.rank_dir / file_name, self._n_params, [], [])
+            self._matrices[file_name] = matrix
+        matrix.steps.append(step)
+        matrix.rows.append(values)
+        if len(matrix.rows) >= self.arrow_chunk_rows:
+            self._write_batch(matrix)
+
+    def _write_batch(self, matrix: _Matrix) -> None:
+        import pyarrow as pa
+
+        if not matrix.rows:
+            return
+        block = np.zeros((len(matrix.rows), matrix.columns), dtype=np.float32)
+        for i, row in enumerate(matrix.rows):
+            n = min(len(row), matrix.columns)
+            block[i, :n] = row[:n]
+        arrays = [pa.array(np.asarray(matrix.steps, dtype=np.int64))]
+        arrays += [pa.array(block[:, j]) for j in range(matrix.columns)]
+        names = ["step"] + [schema.param_column(j) for j in range(matrix.columns)]
+        batch = pa.RecordBatch.from_arrays(arrays, names=names)
+        if matrix.writer is None:
+            matrix.sink = open(matrix.path, "ab")
+            matrix.writer = pa.ipc.new_stream(matrix.sink, batch.schema)
+        matrix.writer.write_batch(batch)
+        matrix.sink.flush()
+        matrix.steps.clear()
+        matrix.rows.clear()
+
+    def _flush_files(self, arrow_force: bool) -> None:
+        if self.failed is not None:
+            return
+        try:
+            for handle in self._files.values():
+                handle.flush()
+            now = time.monotonic()
+            if arrow_force or now - self._last_arrow_flush >= self.arrow_interval_s:
+                for matrix in self._matrices.values():
+                    self._write_batch(matrix)
+                self._last_arrow_flush = now
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _close_files(self) -> None:
+        for matrix in self._matrices.values():
+            try:
+                if matrix.writer is not None:
+                    matrix.writer.close()
+                if matrix.sink is not None:
+                    matrix.sink.close()
+            except Exception:  # noqa: BLE001
+                pass
+        for handle in self._files.values():
+            try:
+                handle.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failed is None:
+            self.failed = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"diagnose: could not write the run directory {self.rank_dir} ({self.failed}); "
+                "training continues, the record is incomplete",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            # Best effort: leave a trace that the record is incomplete.
+            try:
+                with open(self.rank_dir / schema.META_FILE, "a", encoding="utf-8") as meta:
+                    meta.write(dumps({"type": "incomplete", "error": self.failed,
+                                      "at": time.time()}) + "\n")
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def pid_is_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True

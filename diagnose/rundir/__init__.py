@@ -1,0 +1,1 @@
+"""The run directory: the documented, versioned files between recorder and analysis."""

@@ -1,0 +1,43 @@
+"""Names and version of the run-directory format (see docs/run-directory.md).
+
+Everything that writes or reads a run directory takes its file names and the schema
+version from here, so the two halves cannot drift apart.
+"""
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+"""The version this diagnose writes; readers accept 1..SCHEMA_VERSION."""
+
+META_FILE = "meta.jsonl"
+PARAMS_FILE = "params.jsonl"
+STEPS_FILE = "steps.jsonl"
+EVENTS_FILE = "events.jsonl"
+GRAD_NORMS_FILE = "grad_norms.arrow"
+PARAM_NORMS_FILE = "param_norms.arrow"
+REPORT_FILE = "report.html"
+
+RANK_DIR_PREFIX = "rank"
+
+STATUS_RUNNING = "running"
+STATUS_FINISHED = "finished"
+STATUS_INTERRUPTED = "interrupted"
+STATUS_CRASHED = "crashed"
+STATUSES = (STATUS_RUNNING, STATUS_FINISHED, STATUS_INTERRUPTED, STATUS_CRASHED)
+
+# Flags of a `modelN.forward[...]` call token.
+FLAG_TRAINING = "T"
+FLAG_EVAL = "E"
+FLAG_GRAD = "G"
+FLAG_NO_GRAD = "N"
+FLAG_INFERENCE = "I"
+FLAG_BACKPROP = "B"
+
+
+def rank_dir_name(rank: int) -> str:
+    """Folder name of one rank's files inside a run directory."""
+    return f"{RANK_DIR_PREFIX}{rank}"
+
+
+def param_column(index: int) -> str:
+    """Arrow column name of parameter `index`."""
+    return f"p{index}"
