@@ -1,0 +1,153 @@
+"""`diagnose run`: train the reference loop (or the user's own script) under the recorder.
+
+    diagnose run                              # the embedded default task, then a report
+    diagnose run --inject eval-with-grad      # see what a warning looks like
+    diagnose run train.py -- --lr 3e-4        # the user's unchanged script
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from pathlib import Path
+
+import click
+
+from diagnose.recorder.recorder import RecorderOptions
+
+_AMP = ("auto", "fp16", "bf16", "off")
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def _injection_help() -> str:
+    try:
+        from reference_loop.injections import INJECTIONS
+    except Exception:  # noqa: BLE001 - help must render even if the loop is broken
+        return "Fault to inject (repeatable); see `diagnose run --list-injections`."
+    names = ", ".join(sorted(INJECTIONS))
+    return f"Fault to inject into the reference loop (repeatable), named after the rule it shows: {names}."
+
+
+def default_run_dir(label: str) -> Path:
+    """A new timestamped folder under ./runs/ that does not exist yet."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{label}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty directory unless --overwrite (nothing is lost silently)."""
+    if out.exists() and not out.is_dir():
+        raise click.UsageError(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise click.UsageError(
+            f"--out {out} is not empty; choose a new directory or pass --overwrite")
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("script", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory to write (default: a new timestamped folder under runs/). "
+                   "An existing non-empty directory is refused unless --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Replace what --out already holds.")
+@click.option("--task", type=click.Choice(["images", "chars"]), default=None,
+              help="Embedded task of the reference loop: images (small CNN, default) or "
+                   "chars (character-level transformer).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Stop after this many optimizer steps.")
+@click.option("--device", type=click.Choice(_DEVICES), default=None,
+              help="auto picks CUDA when available, else CPU.")
+@click.option("--amp", type=click.Choice(_AMP), default=None,
+              help="Mixed precision. auto: bf16 on CUDA where supported, fp16 + GradScaler on "
+                   "other CUDA devices, off on CPU.")
+@click.option("--seed", type=int, default=None, help="Random seed (runs are deterministic on CPU).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML file with any other TrainConfig field (flags above override it).")
+@click.option("--inject", "inject", multiple=True, metavar="RULE", help=_injection_help())
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Checkpoint to resume the reference loop from (it continues exactly).")
+@click.option("--grad-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Per-parameter gradient norms every N steps (raise it for huge models).")
+@click.option("--param-every", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Per-parameter weight norms every N steps.")
+@click.option("--no-report", is_flag=True, help="Do not analyse the run at the end.")
+def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, seed,
+        config_file, inject, resume, grad_every, param_every, no_report) -> None:
+    """Train under the recorder, then report.
+
+    Without SCRIPT, trains the built-in reference loop on an embedded task (no download).
+    With SCRIPT, runs your unchanged training script as `python SCRIPT ARGS` would, with
+    the recorder attached (pass the script's own arguments after `--`).
+    """
+    options = RecorderOptions(grad_every=grad_every, param_every=param_every)
+    if script is not None:
+        loop_only = {"--task": task, "--epochs": epochs, "--steps": steps, "--device": device,
+                     "--amp": amp, "--seed": seed, "--config": config_file, "--resume": resume}
+        used = [flag for flag, value in loop_only.items() if value is not None] + (
+            ["--inject"] if inject else [])
+        if used:
+            raise click.UsageError(f"{', '.join(used)} only apply to the reference loop, "
+                                   "not to a script")
+        if not script.exists():
+            raise click.UsageError(f"script {script} does not exist")
+        out = out or default_run_dir(script.stem)
+        check_out_dir(out, overwrite)
+        code = _run_script(script, list(script_args), out, options, overwrite)
+        _finish(out, no_report)
+        sys.exit(code)
+
+    if script_args:
+        raise click.UsageError(f"unexpected arguments: {' '.join(script_args)}")
+    config = _reference_config(config_file, task=task, epochs=epochs, steps=steps,
+                               device=device, amp=amp, seed=seed, inject=list(inject),
+                               resume=resume)
+    label = getattr(config, "task", "run") + ("-" + "-".join(inject) if inject else "")
+    out = out or default_run_dir(label)
+    check_out_dir(out, overwrite)
+    from reference_loop.train import train
+
+    click.echo(f"diagnose: training the reference loop ({config.task}) into {out}", err=True)
+    try:
+        train(config, out, progress=True, overwrite=overwrite,
+              recorder_options=options)
+    except KeyboardInterrupt:
+        click.echo("diagnose: interrupted; the run directory was flushed", err=True)
+        _finish(out, no_report)
+        sys.exit(130)
+    _finish(out, no_report)
+
+
+def _reference_config(config_file, **flags):
+    from reference_loop.config import TrainConfig
+
+    try:
+        config = TrainConfig.from_toml(config_file) if config_file else TrainConfig()
+        overrides = {k: v for k, v in flags.items() if v not in (None, [], ())}
+        if "steps" in overrides:
+            overrides["max_steps"] = overrides.pop("steps")
+        if "resume" in overrides:
+            overrides["resume"] = str(overrides["resume"])
+        return config.replace(**overrides) if overrides else config
+    except (ValueError, TypeError, OSError) as exc:
+        raise click.UsageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _run_script(script: Path, args: list[str], out: Path, options, overwrite: bool) -> int:
+    from diagnose.zerocode import run_script
+
+    return run_script(script, args, out, options=options, overwrite=overwrite)
+
+
+def _finish(out: Path, no_report: bool) -> None:
+    """Print where the run went and, unless asked not to, the report on it."""
+    click.echo(f"diagnose: run directory {out}", err=True)
+    if no_report:
+        return
+    from diagnose.report.finish import report_after_run
+
+    report_after_run(out)
