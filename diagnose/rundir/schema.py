@@ -18,6 +18,10 @@ REPORT_FILE = "report.html"
 
 RANK_DIR_PREFIX = "rank"
 
+NO_GRAD_SENTINEL = -1.0
+"""Value of a grad_norms.arrow cell whose parameter had no gradient at that step (`.grad`
+was None). A real norm is never negative; the reader turns it into NaN."""
+
 STATUS_RUNNING = "running"
 STATUS_FINISHED = "finished"
 STATUS_INTERRUPTED = "interrupted"
@@ -31,6 +35,10 @@ FLAG_GRAD = "G"
 FLAG_NO_GRAD = "N"
 FLAG_INFERENCE = "I"
 FLAG_BACKPROP = "B"
+
+PHASE_TOKEN_PREFIX = "phase:"
+"""A `phase:NAME` token in a `calls` list marks where a phase (`train`, `val`, `test`) begins."""
+DEFAULT_PHASE = "train"
 
 
 def rank_dir_name(rank: int) -> str:

@@ -1,0 +1,291 @@
+"""Read a run directory (docs/run-directory.md) into tables: `read_run(path) -> Run`.
+
+Tolerant of what a crash leaves (a torn last line, a cut Arrow stream, missing files:
+each skipped with a note in `Run.notes`), strict about what it cannot understand (a
+future schema version, a path that is not a run directory: `RunDirError`).
+
+Fast on big runs: steps.jsonl through pyarrow's JSON reader, the Arrow series through a
+memory map, the call tokens parsed once per distinct token. 100k steps x 200 parameters
+read in about a second (bench/report_speed.py).
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from diagnose.rundir import schema
+from diagnose.rundir._calls import CallTokens, calls_table, tokens_from_jsonl, tokens_from_records
+from diagnose.rundir._jsonl import parse_records, partition_lines, read_frame, read_lines, read_records
+from diagnose.rundir._norms import NormTables, read_norms
+from diagnose.rundir.tables import (
+    EVENTS_COLUMNS, METRICS_COLUMNS, PARAMS_COLUMNS, Run, RunTables, empty_calls, empty_events, empty_metrics,
+    empty_params, empty_series, empty_steps,
+)
+
+__all__ = ["RunDirError", "Run", "RunTables", "read_run", "read_rank"]
+
+_RANK_DIR = re.compile(re.escape(schema.RANK_DIR_PREFIX) + r"(\d+)")
+_CALLS_PREFIX = b'{"kind":"calls",'
+_RUN_FILES = (schema.META_FILE, schema.PARAMS_FILE, schema.STEPS_FILE, schema.EVENTS_FILE,
+              schema.GRAD_NORMS_FILE, schema.PARAM_NORMS_FILE)
+
+
+T = TypeVar("T")
+
+
+class RunDirError(Exception):
+    """The path cannot be read as a run directory; the message is one line for the user."""
+
+
+def read_run(path: str | os.PathLike[str]) -> Run:
+    """Read a run directory, or a single `rankN/` folder of one, into a `Run`.
+
+    Raises:
+        RunDirError: the path does not exist, holds no rank folder, or was written by
+            a newer diagnose (schema version above `schema.SCHEMA_VERSION`).
+    """
+    root = Path(path)
+    if not root.exists():
+        raise RunDirError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise RunDirError(f"{root}: not a directory (give the run directory, not a file in it)")
+    rank_dirs = _rank_dirs(root)
+    if rank_dirs:
+        run = Run(path=root)
+    elif _is_rank_dir(root):  # the rank folder itself
+        match = _RANK_DIR.fullmatch(root.name)
+        rank_dirs = {int(match[1]) if match else 0: root}
+        run = Run(path=root.parent if match else root)
+    else:
+        raise RunDirError(
+            f"{root}: not a run directory (no {schema.RANK_DIR_PREFIX}N/ folders and no {schema.META_FILE})"
+        )
+    for rank, rank_dir in sorted(rank_dirs.items()):
+        if not _is_rank_dir(rank_dir):
+            run.notes.append(f"{rank_dir.name}: holds no run files; skipped")
+            continue
+        run.ranks[rank] = read_rank(rank_dir, rank, run.notes)
+    if not run.ranks:
+        raise RunDirError(f"{root}: no rank folder holds any run files (did the run start?)")
+    return run
+
+
+def _rank_dirs(root: Path) -> dict[int, Path]:
+    found = {}
+    for child in root.iterdir():
+        match = _RANK_DIR.fullmatch(child.name)
+        if match and child.is_dir():
+            found[int(match[1])] = child
+    return found
+
+
+def _is_rank_dir(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in _RUN_FILES)
+
+
+def read_rank(rank_dir: Path, rank: int, notes: list[str]) -> RunTables:
+    """Read one rank's files; what was skipped is appended to `notes`."""
+
+    def read(name: str, parse: Callable[[Path, str], T], default: T) -> T:
+        path, label = rank_dir / name, f"{rank_dir.name}/{name}"
+        if not path.is_file():
+            if name == schema.META_FILE:
+                notes.append(f"{label}: missing")
+            return default
+        try:
+            return parse(path, label)
+        except OSError as exc:
+            notes.append(f"{label}: unreadable ({exc.strerror or exc}); skipped")
+            return default
+
+    meta_records = read(schema.META_FILE, lambda p, label: read_records(p, label, notes), [])
+    meta = _meta(meta_records, f"{rank_dir.name}/{schema.META_FILE}", notes)
+    others, tokens = read(schema.EVENTS_FILE, lambda p, label: _events_file(p, label, notes), ([], None))
+    no_norms = NormTables(empty_series(), empty_series().astype(bool))
+    grads = read(schema.GRAD_NORMS_FILE, lambda p, label: read_norms(p, label, notes, no_grad_sentinel=True), no_norms)
+    return RunTables(
+        rank=rank,
+        path=rank_dir,
+        meta=meta,
+        objects=_objects(meta_records),
+        params=_params(read(schema.PARAMS_FILE, lambda p, label: read_records(p, label, notes), []), others),
+        steps=read(schema.STEPS_FILE, lambda p, label: _steps(read_frame(p, label, notes, expand=("lr",)), label, notes),
+                   empty_steps()),
+        grad_norms=grads.norms,
+        grad_nonfinite=grads.nonfinite,
+        param_norms=read(schema.PARAM_NORMS_FILE, lambda p, label: read_norms(p, label, notes), no_norms).norms,
+        calls=calls_table(tokens) if tokens is not None else empty_calls(),
+        events=_events(others),
+        metrics=_metrics(others),
+    )
+
+
+def _events_file(path: Path, label: str, notes: list[str]) -> tuple[list[dict[str, Any]], CallTokens]:
+    """The non-`calls` records of events.jsonl, and the tokens of its `calls` records.
+
+    `calls` lines are most of the file; written compactly (`{"kind":"calls",...`, as the
+    recorder does) they go through pyarrow, anything else through json.
+    """
+    calls_body, rest = partition_lines(read_lines(path, label, notes), _CALLS_PREFIX)
+    others = parse_records(rest, label, notes)
+    tokens = tokens_from_jsonl(calls_body) if not any(r.get("kind") == "calls" for r in others) else None
+    if tokens is None:
+        calls = [r for r in parse_records(calls_body, label, notes) + others if r.get("kind") == "calls"]
+        calls.sort(key=lambda r: r["step"] if isinstance(r.get("step"), int) else 0)  # stable
+        tokens = tokens_from_records(calls)
+        others = [r for r in others if r.get("kind") != "calls"]
+    return others, tokens
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+# ---- meta.jsonl ---------------------------------------------------------------------------
+def _meta(records: list[dict[str, Any]], label: str, notes: list[str]) -> dict[str, Any]:
+    """The start record merged with the last status record (its `type` keys dropped)."""
+    start = next((r for r in records if r.get("type") == "start"), None)
+    if start is None:
+        if records:
+            notes.append(f"{label}: no start record; assuming schema version {schema.SCHEMA_VERSION}")
+        start = {}
+    version = start.get("schema_version", schema.SCHEMA_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RunDirError(f"{label}: schema_version {version!r} is not a version this diagnose knows")
+    if version > schema.SCHEMA_VERSION:
+        raise RunDirError(
+            f"run directory uses schema version {version}; this diagnose reads up to "
+            f"{schema.SCHEMA_VERSION} — upgrade diagnose"
+        )
+    meta = {k: v for k, v in start.items() if k != "type"}
+    meta["schema_version"] = version
+    statuses = [r for r in records if r.get("type") == "status"]
+    if statuses:
+        meta.update({k: v for k, v in statuses[-1].items() if k != "type"})
+    else:
+        meta["status"] = schema.STATUS_RUNNING  # nothing said it ended
+    if meta.get("status") == schema.STATUS_RUNNING and _process_gone(meta):
+        meta["status"] = schema.STATUS_CRASHED
+        notes.append(f"{label}: status is 'running' but process {meta.get('pid')} is gone; reading it as crashed")
+    return meta
+
+
+def _process_gone(meta: dict[str, Any]) -> bool:
+    """True only when we can tell: same host, POSIX, and no process with that pid."""
+    pid = meta.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or os.name != "posix":
+        return False  # on Windows os.kill(pid, 0) would send CTRL_C_EVENT
+    if meta.get("host") not in (None, socket.gethostname()):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, someone else's
+        return False
+    return False
+
+
+def _objects(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge every "objects" record: lists of dicts with an `index` merge by index (a later
+    record wins), anything else is replaced by the later value."""
+    merged: dict[str, Any] = {}
+    for record in records:
+        if record.get("type") != "objects":
+            continue
+        for key, value in record.items():
+            if key == "type":
+                continue
+            old = merged.get(key)
+            if isinstance(value, list) and isinstance(old, list) and all(
+                isinstance(x, dict) and "index" in x for x in old + value
+            ):
+                by_index = {x["index"]: x for x in old}
+                by_index.update({x["index"]: x for x in value})
+                merged[key] = [by_index[i] for i in sorted(by_index)]
+            else:
+                merged[key] = value
+    return merged
+
+
+# ---- params.jsonl ---------------------------------------------------------------------------
+def _params(records: list[dict[str, Any]], events: list[dict[str, Any]]) -> pd.DataFrame:
+    records = [r for r in records if isinstance(r.get("index"), int)]
+    if not records:
+        return empty_params()
+    frame = pd.DataFrame.from_records(records).drop_duplicates("index", keep="last").set_index("index").sort_index()
+    for column in PARAMS_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.NA
+    for column in ("optimizer", "group", "numel"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    order = next((e.get("order") for e in events if e.get("kind") == "backward_order"), None)
+    position = {i: pos for pos, i in enumerate(order)} if isinstance(order, list) else {}
+    frame["backward_rank"] = pd.array([position.get(i) for i in frame.index], dtype="Int64")
+    return frame[list(PARAMS_COLUMNS) + [c for c in frame.columns if c not in PARAMS_COLUMNS]]
+
+
+# ---- steps.jsonl ---------------------------------------------------------------------------
+def _steps(frame: pd.DataFrame, label: str, notes: list[str]) -> pd.DataFrame:
+    """Index by step, expand `lr`, derive `skipped`, `samples_per_s`, `tokens_per_s`."""
+    if frame.empty:
+        return empty_steps()
+    if "step" not in frame.columns:
+        notes.append(f"{label}: no 'step' field; skipped")
+        return empty_steps()
+    frame = frame[pd.to_numeric(frame["step"], errors="coerce").notna()]
+    frame = frame.set_index(frame.pop("step").astype("int64"))
+    if not frame.index.is_unique:
+        notes.append(f"{label}: {int(frame.index.duplicated().sum())} repeated step(s); kept the last of each")
+        frame = frame[~frame.index.duplicated(keep="last")]
+    frame = frame.sort_index()
+    for column in frame.columns:  # anything numeric that came in as object (fallback path)
+        if frame[column].dtype == object and column != "nonfinite_grads":
+            converted = pd.to_numeric(frame[column], errors="coerce")
+            if converted.notna().sum() == frame[column].notna().sum():
+                frame[column] = converted
+    if "scale" in frame.columns and "scale_after" in frame.columns:
+        frame["skipped"] = (frame["scale_after"] < frame["scale"]).fillna(False).astype(bool)
+    else:
+        frame["skipped"] = False
+    if "step_time_s" in frame.columns:
+        time_s = frame["step_time_s"].where(frame["step_time_s"] > 0)
+        for count, rate in (("samples", "samples_per_s"), ("tokens", "tokens_per_s")):
+            if count in frame.columns:
+                frame[rate] = frame[count] / time_s
+    return frame
+
+
+# ---- events.jsonl ---------------------------------------------------------------------------
+def _events(records: list[dict[str, Any]]) -> pd.DataFrame:
+    if not records:
+        return empty_events()
+    frame = pd.DataFrame({
+        "kind": [str(r.get("kind")) for r in records],
+        "step": pd.array([_int(r.get("step"), None) for r in records], dtype="Int64"),
+        "t_s": pd.to_numeric(pd.Series([r.get("t_s") for r in records], dtype=object), errors="coerce"),
+        "data": [{k: v for k, v in r.items() if k not in ("kind", "step", "t_s")} for r in records],
+    })
+    return frame[list(EVENTS_COLUMNS)]
+
+
+def _metrics(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for record in records:
+        values = record.get("metrics")
+        if record.get("kind") != "metrics" or not isinstance(values, dict):
+            continue
+        for name, value in values.items():
+            rows.append((_int(record.get("step"), None), record.get("epoch"), record.get("phase"), name, value))
+    if not rows:
+        return empty_metrics()
+    frame = pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
+    frame["step"] = frame["step"].astype("Int64")
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+    return frame
