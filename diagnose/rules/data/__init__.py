@@ -1,0 +1,1 @@
+"""Data, model and state rules: bad inputs, loss/shape mistakes, incomplete checkpoints."""

@@ -1,0 +1,1 @@
+"""Loop-structure rules: call order and modes (zero_grad, backward, step, eval, schedulers)."""

@@ -1,0 +1,1 @@
+"""Numerics rules: non-finite values, exploding or vanishing gradients, loss curves."""

@@ -1,0 +1,1 @@
+"""Resource rules: memory growth, data-loading stalls, throughput drops."""
