@@ -1,0 +1,94 @@
+"""Report formats: what `diagnose report --format NAME` can write.
+
+A format is a renderer of `Report`s, imported only when used (so `--format json` never
+imports rich, and the HTML format's matplotlib is loaded only for HTML). To add one,
+write its module with a `render(report, stream)` function and add a `Format` to FORMATS:
+
+    FORMATS["html"] = Format("html", "diagnose.report.html", "One self-contained HTML file.",
+                             default_output=lambda run: run.path / schema.REPORT_FILE)
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from diagnose.report.summary import RunSummary, summarize
+from diagnose.rules._base import Finding
+from diagnose.rundir.tables import Run
+
+__all__ = ["FORMATS", "Format", "Report", "analyse", "build_report"]
+
+
+@dataclass
+class Report:
+    """Everything a format renders for one run directory."""
+
+    run: Run
+    summary: RunSummary
+    findings: list[Finding]
+    notes: list[str] = field(default_factory=list)
+    """What the reader skipped, then what the rules skipped or failed on."""
+
+
+def build_report(run: Run, findings: list[Finding], rule_notes: list[str]) -> Report:
+    """Assemble a report: the summary of `run`, its findings, reader notes then rule notes."""
+    return Report(run=run, summary=summarize(run), findings=findings, notes=[*run.notes, *rule_notes])
+
+
+def analyse(path: str | os.PathLike[str], select: Iterable[str] | None = None,
+            ignore: Iterable[str] | None = None) -> Report:
+    """Read the run directory at `path`, run the selected rules, and assemble the report.
+
+    Raises RunDirError (unreadable run directory) and UnknownRuleError (bad select/ignore).
+    """
+    from diagnose.rules import run_rules
+    from diagnose.rundir.reader import read_run
+
+    run = read_run(path)
+    findings, notes = run_rules(run, select=select, ignore=ignore)
+    return build_report(run, findings, notes)
+
+
+@dataclass(frozen=True)
+class Format:
+    """One output format.
+
+    Attributes:
+        name: the `--format` value.
+        module: module with `render(report: Report, stream: TextIO) -> None`, and
+            optionally `render_many(reports: list[Report], stream)` for several run
+            directories in one output (else `render` is called once per report).
+        help: one line for `--help`.
+        default_output: where the file goes when `--output` is not given (per run);
+            None writes to stdout.
+    """
+
+    name: str
+    module: str
+    help: str
+    default_output: Callable[[Run], Path] | None = None
+
+    def _module(self):
+        return importlib.import_module(self.module)
+
+    def write(self, reports: list[Report], stream: TextIO) -> None:
+        """Render `reports` to `stream`, all in one output."""
+        module = self._module()
+        if len(reports) != 1 and hasattr(module, "render_many"):
+            module.render_many(reports, stream)
+            return
+        for report in reports:
+            module.render(report, stream)
+
+
+FORMATS: dict[str, Format] = {
+    "terminal": Format("terminal", "diagnose.report.terminal",
+                       "A summary table for people (colour on a terminal, plain text otherwise)."),
+    "json": Format("json", "diagnose.report.json_report",
+                   "One JSON document for programs (an array of them for several run directories)."),
+    # "html": added by diagnose/report/html.py's author; see the module docstring.
+}

@@ -1,0 +1,73 @@
+"""The run at a glance, for the header of every report format (terminal, JSON, HTML)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from diagnose.rundir.tables import Run
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a report says about the run before its findings (from the lowest rank)."""
+
+    path: str
+    run_id: str | None
+    status: str | None
+    error: str | None
+    steps: int
+    """Optimizer steps recorded (rows of steps.jsonl)."""
+    last_step: int | None
+    duration_s: float | None
+    device: str | None
+    world_size: int
+    started_at: float | None
+    command: list[str] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the JSON report."""
+        return asdict(self)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def summarize(run: Run) -> RunSummary:
+    """Summarize `run`: status, steps, duration and device of its lowest rank."""
+    first = run.first
+    meta, steps = first.meta, first.steps
+    duration_s = None
+    if "t_s" in steps.columns and len(steps):
+        duration_s = _number(steps["t_s"].max())
+    started, ended = _number(meta.get("started_at")), _number(meta.get("at"))
+    if started is not None and ended is not None and ended >= started:
+        duration_s = max(duration_s or 0.0, ended - started)
+    command = meta.get("command")
+    return RunSummary(
+        path=str(run.path),
+        run_id=meta.get("run_id"),
+        status=meta.get("status"),
+        error=meta.get("error"),
+        steps=len(steps),
+        last_step=int(steps.index.max()) if len(steps) else None,
+        duration_s=duration_s,
+        device=meta.get("device"),
+        world_size=max(run.world_size, int(meta.get("world_size") or 1)),
+        started_at=started,
+        command=[str(c) for c in command] if isinstance(command, list) else None,
+    )
+
+
+def format_duration(seconds: float | None) -> str:
+    """`3725.2` -> `"1h 02m 05s"`, `12.34` -> `"12.3s"`, None -> `"?"`."""
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
