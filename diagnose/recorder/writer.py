@@ -70,7 +70,7 @@ class RunWriter:
     """Writes one rank's files; every public method is cheap and never raises."""
 
     def __init__(self, rank_dir: Path, n_params: int = 0, flush_interval_s: float = 1.0,
-                 arrow_chunk_rows: int = 256, arrow_interval_s: float = 10.0) -> None:
+                 arrow_chunk_rows: int = 256, arrow_interval_s: float = 30.0) -> None:
         self.rank_dir = Path(rank_dir)
         self.flush_interval_s = flush_interval_s
         self.arrow_chunk_rows = arrow_chunk_rows
