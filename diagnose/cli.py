@@ -97,9 +97,12 @@ def _names(values: tuple[str, ...]) -> list[str] | None:
               help="Exit with status 1 when a finding is at or above this severity (for CI).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to this file instead of standard output.")
+@click.option("--html", "html", is_flag=False, flag_value="", default=None, metavar="FILE",
+              help="Also write the HTML report to FILE (without FILE: report.html in the run directory). "
+                   "Several RUN_DIRs make one comparison page. Give FILE as --html=FILE or after the RUN_DIRs.")
 @_one_line_errors
 def report(run_dirs: tuple[Path, ...], format_name: str, select: tuple[str, ...], ignore: tuple[str, ...],
-           fail_on: str, output: Path | None) -> None:
+           fail_on: str, output: Path | None, html: str | None) -> None:
     """Analyse one or more run directories and report what is wrong.
 
     RUN_DIR is a folder written by `diagnose run` or `Monitor` (or one of its rankN/
@@ -108,6 +111,8 @@ def report(run_dirs: tuple[Path, ...], format_name: str, select: tuple[str, ...]
     fmt = FORMATS[format_name]
     select_names, ignore_names = _names(select), _names(ignore)
     resolve(catalogue(), select_names, ignore_names)  # bad names fail before any reading
+    if html == "" and len(run_dirs) > 1:
+        raise click.UsageError("--html needs a FILE with several run directories (--html=compare.html)")
     reports = []
     for run_dir in run_dirs:
         click.echo(f"diagnose: reading {run_dir}", err=True)
@@ -124,6 +129,10 @@ def report(run_dirs: tuple[Path, ...], format_name: str, select: tuple[str, ...]
             click.echo(f"diagnose: wrote {path}", err=True)
     else:
         fmt.write(reports, sys.stdout)
+    if html is not None:
+        from diagnose.report.html import write_reports
+
+        click.echo(f"diagnose: wrote {write_reports(reports, Path(html) if html else None)}", err=True)
     threshold = Severity.parse(fail_on)
     if any(f.severity >= threshold for one in reports for f in one.findings):
         raise click.exceptions.Exit(1)

@@ -18,6 +18,7 @@ from typing import TextIO
 
 from diagnose.report.summary import RunSummary, summarize
 from diagnose.rules._base import Finding
+from diagnose.rundir import schema
 from diagnose.rundir.tables import Run
 
 __all__ = ["FORMATS", "Format", "Report", "analyse", "build_report"]
@@ -90,5 +91,8 @@ FORMATS: dict[str, Format] = {
                        "A summary table for people (colour on a terminal, plain text otherwise)."),
     "json": Format("json", "diagnose.report.json_report",
                    "One JSON document for programs (an array of them for several run directories)."),
-    # "html": added by diagnose/report/html.py's author; see the module docstring.
+    "html": Format("html", "diagnose.report.html",
+                   "One self-contained HTML file with figures (report.html in the run directory unless -o; "
+                   "several RUN_DIRs with -o make one comparison page).",
+                   default_output=lambda run: run.path / schema.REPORT_FILE),
 }

@@ -129,19 +129,24 @@ def lr_plot(series: Sequence[Series], marks: Sequence[Mark] = ()) -> Plot:
 # ---- gradient norm ---------------------------------------------------------------------------
 def grad_norm_plot(series: Sequence[Series], marks: Sequence[Mark] = ()) -> Plot:
     key, title = "grad-norm", "Total gradient norm"
-    norms = {s.label: column(s.tables, "grad_norm") if column(s.tables, "grad_norm") is not None
-             else column(s.tables, "clip_norm") for s in series}
-    if all(v is None for v in norms.values()):
+    # clip_norm is what clip_grad_norm_ saw (before clipping); grad_norm is measured at the
+    # optimizer step, after any clipping, so it is the fallback for runs that do not clip.
+    norms = {}
+    for s in series:
+        pre_clip = column(s.tables, "clip_norm")
+        norms[s.label] = ((pre_clip, "total grad norm before clipping") if pre_clip is not None
+                          else (column(s.tables, "grad_norm"), "total grad norm"))
+    if all(v is None for v, _ in norms.values()):
         return missing(key, title, "No gradient norm was recorded (per-parameter gradient norms were switched off).")
     with style():
         fig, (ax,) = new_figure(3.4)
         for s in series:
-            norm = norms[s.label]
+            norm, what = norms[s.label]
             if norm is None:
                 continue
             x, y = norm.index.to_numpy(), norm.to_numpy()
             positive = np.where(y > 0, y, np.nan)
-            draw(ax, binned(x, positive), s.color, f"{_prefix(series, s)}total grad norm (before clipping)")
+            draw(ax, binned(x, positive), s.color, f"{_prefix(series, s)}{what}")
             nonfinite_marks(ax, x, y, f"{_prefix(series, s)}non-finite norm")
             clip = column(s.tables, "clip_max")
             if clip is not None:
@@ -202,6 +207,7 @@ def memory_plot(series: Sequence[Series], marks: Sequence[Mark] = ()) -> Plot:
         return missing(key, title, "No memory was recorded (neither CUDA allocator statistics nor process RSS).")
     peak = max(float(np.nanmax(v.to_numpy())) for entries in found.values() for _, _, v in entries if v is not None)
     divisor, unit = byte_unit(peak)
+    cuda = any(v is not None for entries in found.values() for c, _, v in entries if c != "rss_bytes")
     with style():
         fig, (ax,) = new_figure(3.2)
         for s in series:
@@ -210,8 +216,9 @@ def memory_plot(series: Sequence[Series], marks: Sequence[Mark] = ()) -> Plot:
                     continue
                 color = s.color if len(series) > 1 else _MEMORY_COLORS[k]
                 ls = _LINESTYLES[k] if len(series) > 1 else "-"
+                note = " (no CUDA memory recorded: a CPU run)" if name == "process RSS" and not cuda else ""
                 draw(ax, binned(values.index.to_numpy(), values.to_numpy() / divisor), color,
-                     f"{_prefix(series, s)}{name}", ls=ls)
+                     f"{_prefix(series, s)}{name}{note}", ls=ls)
         ax.set_ylabel(unit)
         lo, hi = ax.get_ylim()
         if hi - lo < 0.05 * hi:  # a flat line must look flat, not like a leak

@@ -228,16 +228,20 @@ def legend(ax, ncol: int = 3) -> None:
 
 
 def plain_log_axis(ax) -> None:
-    """Tick labels of a log y axis as plain numbers (0.3, 2, 1e-05), minor ones too."""
-    formatter = FuncFormatter(lambda v, _: f"{v:.3g}" if v > 0 else "")
-    ax.yaxis.set_major_formatter(formatter)
-    ax.yaxis.set_minor_formatter(FuncFormatter(
-        lambda v, _: f"{v:.3g}" if v > 0 and _few_decades(ax) and str(f"{v:.3g}")[0] in "25" else ""))
+    """Tick labels of a log y axis as plain numbers (0.3, 2, 1e-05); minor ticks are
+    labelled too when the axis spans few decades (all under one, 2 and 5 under two)."""
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if v > 0 else ""))
 
+    def minor(value: float, _pos) -> str:
+        lo, hi = ax.get_ylim()
+        if value <= 0 or lo <= 0:
+            return ""
+        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+        if hi / lo < 10 or (hi / lo < 100 and mantissa in (2.0, 5.0)):
+            return f"{value:.3g}"
+        return ""
 
-def _few_decades(ax) -> bool:
-    lo, hi = ax.get_ylim()
-    return lo > 0 and hi / lo < 1e2
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def steps_axis(ax) -> None:

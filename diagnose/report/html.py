@@ -40,9 +40,10 @@ from diagnose.report._style import CSS
 from diagnose.report.figures import RUN_COLORS, Mark, Plot, Series
 from diagnose.report.summary import format_duration
 from diagnose.rules._base import Finding, Severity
+from diagnose.rundir.schema import REPORT_FILE
 from diagnose.rundir.tables import Run, RunTables
 
-__all__ = ["FIGURES", "figure_for", "render", "render_html", "render_many", "write_html_report"]
+__all__ = ["FIGURES", "figure_for", "render", "render_html", "render_many", "write_html_report", "write_reports"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,16 @@ def write_html_report(
     notes_per_run = notes_per_run if notes_per_run is not None else [[] for _ in runs]
     reports = [build_report(run, list(findings), list(notes))
                for run, findings, notes in zip(runs, findings_per_run, notes_per_run)]
+    return write_reports(reports, Path(path))
+
+
+def write_reports(reports: Sequence[Report], path: str | os.PathLike[str] | None = None) -> Path:
+    """Write the page of `reports` (built by `diagnose.report.analyse`) to `path`;
+    None means `report.html` in the (single) run's directory. Returns the path written."""
+    if path is None:
+        if len(reports) != 1:
+            raise ValueError("a comparison of several runs needs an explicit path")
+        path = reports[0].run.path / REPORT_FILE
     target = Path(path)
     temporary = target.with_name(f".{target.name}.tmp")
     temporary.write_text(render_html(reports), encoding="utf-8")
@@ -363,6 +374,7 @@ def _plots(reports: Sequence[Report], labels: Sequence[str], numbered: list[list
     from diagnose.report import curves, heatmap, timeline
 
     many = len(reports) > 1
+    names = [f"{label}: {Path(r.summary.path).name}" for label, r in zip(labels, reports)]
     series = [Series(label or "run", r.run.first, RUN_COLORS[i % len(RUN_COLORS)])
               for i, (label, r) in enumerate(zip(labels, reports))]
 
@@ -389,12 +401,12 @@ def _plots(reports: Sequence[Report], labels: Sequence[str], numbered: list[list
         elif key == "grad-heatmap":
             plots = [_safe(lambda i=i, s=s: heatmap.heatmap_plot(
                 s, marks(key, i), key=f"{key}-{s.label.lower()}" if many else key,
-                title=f"{title}: {s.label}" if many else title), key, title) for i, s in enumerate(series)]
+                title=names[i]), key, title) for i, s in enumerate(series)]
         else:  # calls
             plots = [_safe(lambda i=i, s=s: timeline.timeline_plot(
                 s, [timeline.Blame(n.label, n.finding) for n in numbered[i] if n.figure == "calls"],
-                key=f"{key}-{s.label.lower()}" if many else key,
-                title=f"{title}: {s.label}" if many else title), key, title) for i, s in enumerate(series)]
+                key=f"{key}-{s.label.lower()}" if many else key, title=names[i]), key, title)
+                for i, s in enumerate(series)]
         out.append((spec, plots))
     for items in numbered:  # now that anchors are known, let findings point at them
         for j, n in enumerate(items):

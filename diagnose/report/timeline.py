@@ -177,9 +177,8 @@ def _box_text(row) -> str:
         parts.append("inference")
     elif pd.notna(row.grad):
         parts.append("grad" if row.grad else "no_grad")
-    if pd.notna(row.backprop) and row.backprop:
-        parts.append("→bwd")
-    return "forward\n" + " ".join(parts)
+    reached = "\n→ backward" if pd.notna(row.backprop) and row.backprop else ""
+    return "forward\n" + " · ".join(parts) + reached
 
 
 def _boxes(rows: pd.DataFrame, blames: Sequence[tuple[Blame, np.ndarray]]) -> list[_Box]:
@@ -209,7 +208,7 @@ def _draw_panel(ax, boxes: list[_Box], title: str, objects: dict, width: int) ->
     boxes = boxes[:MAX_BOXES]
     lanes = sorted({b.lane for b in boxes}, key=_lane_order)
     y_of = {lane: i for i, lane in enumerate(lanes)}
-    fontsize = 8 if len(boxes) <= 16 else 6.5
+    fontsize = 8 if width <= 9 else 7 if width <= 14 else 6
     xs = np.arange(len(boxes))
     ax.plot(xs, [y_of[b.lane] for b in boxes], color="#bbbbbb", lw=1, zorder=1)
     for x, box in zip(xs, boxes):
@@ -218,14 +217,20 @@ def _draw_panel(ax, boxes: list[_Box], title: str, objects: dict, width: int) ->
                                     boxstyle="round,pad=0,rounding_size=0.12",
                                     facecolor="#fde0dd" if color else "#e8f0fa", edgecolor=color or "#5b7fa6",
                                     lw=2.2 if color else 0.8, zorder=2))
-        text = box.text + (f"  ×{box.count}" if box.count > 1 else "")
-        ax.text(x, y_of[box.lane], text, ha="center", va="center", fontsize=fontsize, zorder=3,
-                color="#8b0000" if color else "#1a1a1a")
+        ax.text(x, y_of[box.lane], box.text, ha="center", va="center", fontsize=fontsize, zorder=3,
+                color="#8b0000" if color else "#1a1a1a", linespacing=1.1)
+        if box.count > 1:  # repeated calls: one box with a count badge on its corner
+            ax.text(x + 0.44, y_of[box.lane] + 0.36, f"×{box.count:,}", ha="center", va="center",
+                    fontsize=fontsize, fontweight="bold", zorder=4, color="#1a1a1a",
+                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "#fff3c4", "edgecolor": "#b08800", "lw": 0.6})
         if box.labels:
             ax.text(x, y_of[box.lane] - 0.42, " ".join(box.labels), ha="center", va="bottom", fontsize=9,
                     fontweight="bold", color=color, zorder=3)
     ax.set_xlim(-0.6, max(width, 8) - 0.4)
-    ax.set_ylim(len(lanes) - 0.4, -0.75)
+    if len(lanes) == 1:  # keep the boxes' size, centred
+        ax.set_ylim(0.95, -0.95)
+    else:
+        ax.set_ylim(len(lanes) - 0.4, -0.75)
     ax.set_yticks(range(len(lanes)))
     names = _lane_names(lanes, objects)
     ax.set_yticklabels([names[lane] for lane in lanes], fontsize=8)
@@ -269,11 +274,11 @@ def timeline_plot(s: Series, blames: Sequence[Blame] = (), key: str = KEY, title
 
     objects = s.tables.objects
     with style():
-        lane_counts = [max(1, len({_lane(str(o), str(m)) for o, m in zip(r["obj"], r["method"])}))
+        lane_counts = [max(2, len({_lane(str(o), str(m)) for o, m in zip(r["obj"], r["method"])}))
                        for _, r, _ in panels]
-        height = sum(0.55 * n + 1.0 for n in lane_counts) + 0.3
-        fig, axes = new_figure(height, rows=len(panels), sharex=False, gridspec_kw={
-            "height_ratios": [0.55 * n + 1.0 for n in lane_counts]})
+        heights = [0.62 * n + 0.9 for n in lane_counts]
+        fig, axes = new_figure(sum(heights) + 0.3, rows=len(panels), sharex=False,
+                               gridspec_kw={"height_ratios": heights})
         drawn = [_boxes(rows, [(b, blamed(b.finding.rule, rows, b.finding.evidence)) for b in panel_blames])
                  for _, rows, panel_blames in panels]
         width = min(MAX_BOXES, max(len(boxes) for boxes in drawn))
