@@ -92,7 +92,7 @@ def read_frame(path: Path, label: str, notes: list[str], *, expand: tuple[str, .
 
     A field that is `null` on every line ("not recorded") has no column. A list field
     named in `expand` (such as `lr`) becomes float columns `lr_0`, `lr_1`, ... (NaN where
-    a list is shorter); other lists stay lists in an object column.
+    a list is shorter); other lists stay Python lists in an object column.
     """
     body = read_lines(path, label, notes)
     if not body.strip():
@@ -104,9 +104,11 @@ def read_frame(path: Path, label: str, notes: list[str], *, expand: tuple[str, .
     recorded = [name for name, column in zip(table.column_names, table.columns) if column.null_count < len(column)]
     table = table.select(recorded)
     frame = table.select([n for n in recorded if n not in expand]).to_pandas()
-    for name in expand:
-        if name in recorded:
-            frame = frame.join(_expand_arrow(name, table.column(name).combine_chunks()))
+    for name, column in zip(table.column_names, table.columns):
+        if name in expand:
+            frame = frame.join(_expand_arrow(name, column.combine_chunks()))
+        elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            frame[name] = pd.Series(column.to_pylist(), index=frame.index, dtype=object)  # lists, as json gives
     return frame
 
 
@@ -135,6 +137,9 @@ def _frame_from_records(records: list[dict[str, Any]], expand: tuple[str, ...]) 
             if value is not None:
                 recorded[key] = None
     frame = pd.DataFrame.from_records(records, columns=[k for k in recorded if k not in expand])
+    for name in frame.columns:  # a field absent from a line is None, as pyarrow gives it
+        if frame[name].dtype == object:
+            frame[name] = frame[name].where(frame[name].notna(), None)
     for name in expand:
         if name in recorded:
             lists = [r.get(name) if isinstance(r.get(name), list) else [r.get(name)] for r in records]

@@ -245,9 +245,12 @@ def _steps(frame: pd.DataFrame, label: str, notes: list[str]) -> pd.DataFrame:
         notes.append(f"{label}: {int(frame.index.duplicated().sum())} repeated step(s); kept the last of each")
         frame = frame[~frame.index.duplicated(keep="last")]
     frame = frame.sort_index()
-    for column in frame.columns:  # anything numeric that came in as object (fallback path)
-        if frame[column].dtype == object and column != "nonfinite_grads":
-            converted = pd.to_numeric(frame[column], errors="coerce")
+    for column in frame.columns:  # numbers that came in as objects (json fallback path)
+        if frame[column].dtype == object:
+            try:
+                converted = pd.to_numeric(frame[column], errors="coerce")
+            except (TypeError, ValueError):  # lists (nonfinite_grads), dicts: keep as they are
+                continue
             if converted.notna().sum() == frame[column].notna().sum():
                 frame[column] = converted
     if "scale" in frame.columns and "scale_after" in frame.columns:

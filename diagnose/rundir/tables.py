@@ -10,7 +10,7 @@ Conventions, for rule authors:
   `"-inf"` strings are floats. A `null` on some lines is NaN too, so NaN means "non-finite
   or not recorded" there: use `micro_batches > 0` for the loss, and the Arrow tables
   (`grad_norms`, `grad_nonfinite`) for gradients, which tell the two apart.
-- List fields (`nonfinite_grads`) hold sequences (numpy arrays or lists), None where absent.
+- List fields (`nonfinite_grads`) hold Python lists, None where absent.
 - `grad_norms` / `param_norms` are indexed by step; their columns are the integer
   parameter indices (`params.index`), so `params.loc[grad_norms.columns, "name"]` names them.
 """

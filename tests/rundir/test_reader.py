@@ -169,8 +169,11 @@ def test_complete_last_line_without_newline_is_kept(tmp_path: Path) -> None:
 
 
 def test_unreadable_middle_line_is_skipped_and_the_slow_path_matches_the_fast_one(tmp_path: Path) -> None:
-    run_dir = write_synthetic_run(tmp_path / "run", steps=40, params=3, amp=True)
+    loss = [1.0] * 40
+    loss[20] = math.nan  # gives the list field nonfinite_grads on one line
+    run_dir = write_synthetic_run(tmp_path / "run", steps=40, params=3, amp=True, loss=loss)
     fast = read_run(run_dir).ranks[0]
+    assert fast.steps.loc[20, "nonfinite_grads"] == [2, 1, 0] and fast.steps.loc[19, "nonfinite_grads"] is None
     for name in (schema.STEPS_FILE, schema.EVENTS_FILE):
         path = rank0(run_dir) / name
         lines = path.read_text().splitlines()
