@@ -1,0 +1,285 @@
+"""Recorder overhead: the same training step bare, under diagnose, and under peers' tools.
+
+Interleaved rounds (every variant once per round, in a rotating order), per-round mean
+step time over `--steps` timed steps after `--warmup`, then the median and spread over
+rounds. Ratios are against the bare loop's median. Variants:
+
+- bare: the loop alone.
+- loss-item: `loss.item()` every step (what most loops do for logging).
+- diagnose: `Monitor` with every-step per-parameter gradient norms, loss scale, NaN checks,
+  memory and throughput.
+- diagnose-zerocode: the zero-code recorder (what `diagnose run script.py` attaches).
+- lightning-grad-norm: Lightning's `grad_norm(model, 2)` each step, values read to floats
+  (the real function when lightning is installed, else a copy of its body).
+- norm-item: a per-parameter `p.grad.norm().item()` loop.
+- grad-histograms: per-parameter gradient hooks that histogram every gradient and copy it
+  to the host (what `wandb.watch(log="gradients")` does on a logging step).
+- profiler: torch.profiler recording CPU (+CUDA) activity all the time.
+
+    python bench/overhead.py --model default           # CPU, the reference loop's CNN
+    python bench/overhead.py --model mlp200            # CPU, MLP with 200 parameter tensors
+    python bench/overhead.py --model gpt2 --batch 8 --seq 1024   # GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---- models -----------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.heads = heads
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    """GPT-2-small-like: 12 layers, d=768, 12 heads, vocab 50304 (124M parameters)."""
+
+    def __init__(self, layers=12, d=768, heads=12, vocab=50304, seq=1024):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.wte.weight
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x))
+
+
+@dataclass
+class Setup:
+    model: nn.Module
+    batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    loss_fn: Callable
+    amp_dtype: torch.dtype | None
+    scaler: bool
+    device: torch.device
+
+
+def build(name: str, device: torch.device, batch: int, seq: int) -> Setup:
+    torch.manual_seed(0)
+    if name == "gpt2":
+        model = GPT(seq=max(seq, 1024)).to(device)
+        x = torch.randint(0, 50304, (batch, seq), device=device)
+        y = torch.randint(0, 50304, (batch, seq), device=device)
+        return Setup(model, lambda: (x, y),
+                     lambda out, t: F.cross_entropy(out.view(-1, out.shape[-1]), t.view(-1)),
+                     torch.float16 if device.type == "cuda" else torch.bfloat16,
+                     device.type == "cuda", device)
+    if name == "mlp200":
+        layers = []
+        for _ in range(100):
+            layers += [nn.Linear(64, 64), nn.ReLU()]
+        model = nn.Sequential(*layers, nn.Linear(64, 10)).to(device)  # 202 tensors
+        x, y = torch.randn(batch, 64, device=device), torch.randint(0, 10, (batch,), device=device)
+        return Setup(model, lambda: (x, y), F.cross_entropy, None, False, device)
+    if name == "default":
+        from reference_loop.model import SmallCNN
+
+        model = SmallCNN(num_classes=10).to(device) if _takes_classes() else SmallCNN().to(device)
+        x = torch.randn(batch, 3, 16, 16, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        return Setup(model, lambda: (x, y), F.cross_entropy, None, False, device)
+    raise SystemExit(f"unknown model {name}")
+
+
+def _takes_classes() -> bool:
+    import inspect
+
+    from reference_loop.model import SmallCNN
+
+    return "num_classes" in inspect.signature(SmallCNN).parameters
+
+
+# ---- variants -----------------------------------------------------------------------------
+
+
+def lightning_grad_norm(module: nn.Module, norm_type: float = 2.0) -> dict[str, float]:
+    try:
+        from lightning.pytorch.utilities import grad_norm
+    except ImportError:
+        # lightning.pytorch.utilities.grads.grad_norm, copied (Apache-2.0)
+        def grad_norm(module, norm_type):
+            norms = {f"grad_{norm_type}_norm/{name}": p.grad.data.norm(norm_type)
+                     for name, p in module.named_parameters() if p.grad is not None}
+            if norms:
+                total = torch.tensor(list(norms.values())).norm(norm_type)
+                norms[f"grad_{norm_type}_norm_total"] = total
+            return norms
+    return {k: float(v) for k, v in grad_norm(module, norm_type).items()}
+
+
+@contextmanager
+def variant_context(name: str, setup: Setup, opt, sched, scaler, tmp: Path) -> Iterator[Callable]:
+    """Installs variant `name`; yields a per-step callback (after the optimizer step)."""
+    model = setup.model
+    noop = lambda loss: None  # noqa: E731
+    if name in ("bare",):
+        yield noop
+    elif name == "loss-item":
+        yield lambda loss: loss.item()
+    elif name == "diagnose":
+        from diagnose import Monitor
+
+        with Monitor(tmp / f"run-{time.monotonic_ns()}", model=model, optimizer=opt,
+                     scheduler=sched, scaler=scaler):
+            yield noop
+    elif name == "diagnose-zerocode":
+        from diagnose.zerocode import session  # the same attach code `diagnose run script.py` uses
+
+        with session.attached(tmp / f"zc-{time.monotonic_ns()}", objects=(model, opt, sched, scaler)):
+            yield noop
+    elif name == "lightning-grad-norm":
+        yield lambda loss: lightning_grad_norm(model, 2)
+    elif name == "norm-item":
+        def per_param(loss):
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.norm().item()
+        yield per_param
+    elif name == "grad-histograms":
+        def histogram(grad):
+            torch.histc(grad.detach().float(), bins=64).cpu()  # returns None: grad unchanged
+
+        handles = [p.register_hook(histogram) for p in model.parameters() if p.requires_grad]
+        try:
+            yield noop
+        finally:
+            for h in handles:
+                h.remove()
+    elif name == "profiler":
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if setup.device.type == "cuda" else [])
+        with profile(activities=acts):
+            yield noop
+    else:
+        raise SystemExit(f"unknown variant {name}")
+
+
+def step_fn(setup: Setup, opt, sched, scaler):
+    model = setup.model
+
+    def step(after: Callable) -> None:
+        x, y = setup.batch()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(setup.device.type, dtype=setup.amp_dtype or torch.bfloat16,
+                            enabled=setup.amp_dtype is not None):
+            loss = setup.loss_fn(model(x), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        after(loss)
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Recorder overhead benchmark")
+    parser.add_argument("--model", default="default", choices=["default", "mlp200", "gpt2"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--variants", default="bare,loss-item,diagnose,diagnose-zerocode,"
+                        "lightning-grad-norm,norm-item,grad-histograms,profiler")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args()
+    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available())
+                          else ("cpu" if args.device == "auto" else args.device))
+    setup = build(args.model, device, args.batch, args.seq)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(setup.model.parameters(), lr=1e-4, **fused)
+    total = (args.rounds * 20 + 5) * (args.steps + args.warmup)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-4, total_steps=total)
+    scaler = torch.amp.GradScaler(device.type) if setup.scaler else None
+    step = step_fn(setup, opt, sched, scaler)
+    variants = [v for v in args.variants.split(",") if v]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    tmp = Path(tempfile.mkdtemp(prefix="diagnose-bench-"))
+    for r in range(args.rounds):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for name in order:
+            try:
+                with variant_context(name, setup, opt, sched, scaler, tmp) as after:
+                    for _ in range(args.warmup):
+                        step(after)
+                    sync(device)
+                    start = time.perf_counter()
+                    for _ in range(args.steps):
+                        step(after)
+                    sync(device)
+                    times[name].append((time.perf_counter() - start) / args.steps)
+            except (ImportError, ModuleNotFoundError, AttributeError) as exc:
+                print(f"skipping {name}: {exc}")
+                variants.remove(name)
+                times.pop(name, None)
+    bare = statistics.median(times["bare"])
+    rows = []
+    for name, values in times.items():
+        med = statistics.median(values)
+        rows.append({"variant": name, "median_ms": med * 1e3, "min_ms": min(values) * 1e3,
+                     "max_ms": max(values) * 1e3, "ratio": med / bare,
+                     "ratio_lo": min(values) / bare, "ratio_hi": max(values) / bare})
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"\n{args.model} batch={args.batch} seq={args.seq} on {name}, torch {torch.__version__}, "
+          f"{args.rounds} rounds x {args.steps} steps, {os.cpu_count()} CPUs")
+    print("| variant | median step (ms) | ratio to bare | spread (min–max ratio) |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['variant']} | {row['median_ms']:.2f} | {row['ratio']:.3f}x | "
+              f"{row['ratio_lo']:.3f}–{row['ratio_hi']:.3f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "device": name, "rows": rows,
+                                         "raw_s": times}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
