@@ -88,7 +88,8 @@ def _names(values: tuple[str, ...]) -> list[str] | None:
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...", type=click.Path(path_type=Path))
 @click.option("--format", "format_name", type=click.Choice(sorted(FORMATS)), default="terminal", show_default=True,
-              help="Output format: " + "; ".join(f"{f.name}: {f.help}" for f in FORMATS.values()))
+              help="Output format. "
+                   + "; ".join(f"{f.name}: {f.help.rstrip('.')}" for f in FORMATS.values()) + ".")
 @click.option("--select", multiple=True, metavar="NAMES",
               help="Run only these rules or categories (comma-separated or repeated), e.g. numerics,loop.")
 @click.option("--ignore", multiple=True, metavar="NAMES",
