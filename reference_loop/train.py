@@ -1,0 +1,445 @@
+"""The reference training loop: plain PyTorch, instrumented by diagnose.Monitor.
+
+One optimizer step, in the canonical order (every line is ordinary PyTorch; the Monitor
+learns loss, gradient norms and call order from hooks, so nothing here talks to it):
+
+    zero_grad -> autocast forward -> scaler.scale(loss).backward()   (x accum_steps)
+    -> scaler.unscale_(opt) -> clip_grad_norm_ -> scaler.step(opt) -> scaler.update()
+    -> scheduler.step() (per-iteration schedules) -> EMA update
+
+After each epoch: validation (eval mode, no_grad, EMA weights, loss weighted by batch
+size), per-epoch scheduler step, checkpoint, early stopping. Fault injections (see
+injections.py) are `if "NAME" in inj` at the one place each bug lives.
+
+Cost notes: the per-step loss stays on the device (a tensor per step); the host reads it
+once per epoch and every `log_every` steps for the progress line, since `.item()` is a
+device sync that would stall a GPU every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from reference_loop import checkpoint, injections
+from reference_loop.checkpoint import CheckpointManager
+from reference_loop.config import TrainConfig
+from reference_loop.data import TaskData, build_datasets, build_loaders
+from reference_loop.ema import EMA
+from reference_loop.model import build_model
+from reference_loop.optim import build_optimizer, build_scheduler
+from reference_loop.progress import StepProgress
+
+
+@dataclass
+class Built:
+    """Everything `train` trains with, before any step: also what tests and the pytest
+    plugin need to drive a loop of their own."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    """An LRScheduler, ReduceLROnPlateau, or None."""
+    scaler: torch.amp.GradScaler
+    """Always present; disabled (a pass-through) unless amp is fp16."""
+    train_loader: DataLoader
+    val_loader: DataLoader
+    data: TaskData
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    """Autocast dtype, or None without autocast."""
+    steps_per_epoch: int
+    """Optimizer steps per epoch (micro-batches // accum_steps)."""
+    total_steps: int
+    """Optimizer steps in the whole run (epochs x steps_per_epoch, capped by max_steps)."""
+    epochs: int
+    """Epochs the run will start (the last may be partial under max_steps)."""
+
+    @property
+    def amp(self) -> str:
+        """The effective precision: "off", "bf16" or "fp16"."""
+        return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def autocast(self):
+        # Disabled autocast still needs a dtype the device accepts (float32 warns on CPU).
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                              enabled=self.amp_dtype is not None)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    """Optimizer steps taken in total (including those before a resume)."""
+    epochs: int
+    """Epochs completed."""
+    train_loss: float
+    """Mean training loss of the last epoch."""
+    val_loss: float
+    val_acc: float
+    best_val_loss: float
+    best_epoch: int
+    stopped_early: bool
+    checkpoints: list[Path]
+    """Epoch checkpoints on disk at the end, oldest first."""
+    best_checkpoint: Path | None
+    history: dict[str, list[float]]
+    """Per step: "loss", "lr" (first param group, as the step used it). Per epoch:
+    "train_loss", "val_loss", "val_acc", "epoch_time_s". A resumed run's history includes
+    what came before the checkpoint."""
+    wall_s: float
+    device: str
+    amp: str
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """auto: off on CPU; on CUDA bf16 where supported, else fp16 (+ GradScaler)."""
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def build(config: TrainConfig) -> Built:
+    """Data, model, optimizer, scheduler and scaler for `config`, seeded; no step taken."""
+    cfg = config
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_amp(cfg.amp, device)
+
+    data = build_datasets(cfg)
+    train_loader, val_loader = build_loaders(cfg, data, pin_memory=device.type == "cuda")
+    model = build_model(cfg, data.num_classes).to(device)
+    if "dead-units" in cfg.inject:
+        with torch.no_grad():
+            model.probe.bias.fill_(injections.DEAD_BIAS)
+    optimizer = build_optimizer(cfg, model)
+
+    steps_per_epoch = len(train_loader) // cfg.accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"accum_steps {cfg.accum_steps} exceeds the {len(train_loader)} batches of an epoch")
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = build_scheduler(cfg, optimizer, total_steps, epochs)
+    scaler = torch.amp.GradScaler(device.type, init_scale=cfg.init_scale, enabled=amp_dtype == torch.float16)
+    return Built(model, optimizer, scheduler, scaler, train_loader, val_loader, data, device, amp_dtype,
+                 steps_per_epoch, total_steps, epochs)
+
+
+class _Bare:
+    """The Monitor's interface, doing nothing: the uninstrumented loop (monitor=False)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def epoch(self, epoch: int) -> None: ...
+    def loader(self, iterable): return iterable
+    def phase(self, name: str): return contextlib.nullcontext()
+    def log_metrics(self, phase: str, **metrics) -> None: ...
+    def log_checkpoint(self, path, keys=None) -> None: ...
+    def watch(self, **objects) -> None: ...
+
+
+def open_monitor(cfg: TrainConfig, run_dir: Path, b: Built, *, overwrite: bool = False,
+                 recorder_options: Any = None):
+    """diagnose.Monitor on the built objects, or the do-nothing stand-in when cfg.monitor
+    is False. `recorder_options` (a RecorderOptions) overrides cfg.grad_every/param_every."""
+    if not cfg.monitor:
+        return _Bare()
+    from diagnose import Monitor  # imported here: the bare loop must not need the recorder
+
+    grad_every = getattr(recorder_options, "grad_every", cfg.grad_every)
+    param_every = getattr(recorder_options, "param_every", cfg.param_every)
+    return Monitor(run_dir, model=b.model, optimizer=b.optimizer, scheduler=b.scheduler,
+                   # A disabled scaler is a pass-through: recording it would only add noise.
+                   scaler=b.scaler if b.scaler.is_enabled() else None,
+                   config=cfg.to_dict(), grad_every=grad_every, param_every=param_every,
+                   overwrite=overwrite)
+
+
+def evaluate(b: Built, inj: frozenset[str] = frozenset()) -> tuple[float, float]:
+    """Validation loss and accuracy (per target: per image or per character).
+
+    Eval mode (dropout off, BatchNorm running statistics), no autograd graph, and the mode
+    it found restored after. Losses are summed and divided by the number of targets, so a
+    smaller last batch weighs what it holds, not as much as a full one.
+    """
+    model = b.model
+    was_training = model.training
+    if "eval-without-eval-mode" not in inj:
+        model.eval()
+    grad_mode = contextlib.nullcontext() if "eval-with-grad" in inj else torch.no_grad()
+    loss_sum = torch.zeros((), device=b.device, dtype=torch.float64)
+    correct = torch.zeros((), device=b.device, dtype=torch.long)
+    count = 0
+    with grad_mode:
+        for x, y in b.val_loader:
+            x, y = x.to(b.device, non_blocking=True), y.to(b.device, non_blocking=True)
+            with b.autocast():
+                logits = _outputs(model, x, inj)
+            logits, y = logits.flatten(0, -2).float(), y.flatten()
+            loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(-1) == y).sum()
+            count += y.numel()
+    if "train-mode-not-restored" not in inj:
+        model.train(was_training)
+    return (loss_sum / count).item(), (correct / count).item()
+
+
+def _outputs(model: nn.Module, x: torch.Tensor, inj: frozenset[str]) -> torch.Tensor:
+    out = model(x)
+    if "softmax-before-cross-entropy" in inj:
+        out = out.softmax(-1)  # the bug: cross_entropy applies log-softmax itself
+    return out
+
+
+@dataclass
+class _State:
+    """Counters that a checkpoint carries besides the objects' own state dicts."""
+
+    epoch: int = 0
+    """Next epoch to run."""
+    step: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: dict[str, list[float]] = field(default_factory=lambda: {
+        k: [] for k in ("loss", "lr", "train_loss", "val_loss", "val_acc", "epoch_time_s")})
+
+
+def _checkpoint_state(cfg: TrainConfig, b: Built, ema: EMA | None, st: _State) -> dict[str, Any]:
+    if "checkpoint-incomplete" in cfg.inject:
+        return {"model": b.model.state_dict(), "epoch": st.epoch}
+    return {
+        "model": b.model.state_dict(),
+        "optimizer": b.optimizer.state_dict(),
+        "scheduler": _scheduler_state(b.scheduler) if b.scheduler is not None else None,
+        "scaler": b.scaler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "epoch": st.epoch,
+        "step": st.step,
+        "best_val_loss": st.best_val_loss,
+        "best_epoch": st.best_epoch,
+        "bad_epochs": st.bad_epochs,
+        "history": {k: list(v) for k, v in st.history.items()},
+        "config": cfg.to_dict(),
+        "rng": checkpoint.capture_rng({"train_loader": b.train_loader.generator}),
+    }
+
+
+def _scheduler_state(sched: Any) -> dict[str, Any]:
+    """sched.state_dict() without callables. LR schedulers return their whole __dict__, so a
+    method wrapped on the instance by instrumentation (a recorder, a profiler) lands in it;
+    a function can neither be pickled by name nor loaded with weights_only=True, and it is
+    no state. (LambdaLR's lambdas are already reduced to their attributes or None.)"""
+    return {k: v for k, v in sched.state_dict().items() if not callable(v)}
+
+
+_RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "rng")
+
+
+def _resume(path: str, b: Built, ema: EMA | None) -> _State:
+    s = checkpoint.load(path)  # on CPU: RNG states must be CPU tensors; load_state_dict moves the rest
+    missing = [k for k in _RESUME_KEYS if k not in s]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}; it cannot be resumed")
+    if (s["scheduler"] is None) != (b.scheduler is None) or (s["ema"] is None) != (ema is None):
+        raise ValueError(f"checkpoint {path} was saved with a different scheduler/EMA setting")
+    b.model.load_state_dict(s["model"])
+    b.optimizer.load_state_dict(s["optimizer"])
+    if b.scheduler is not None:
+        b.scheduler.load_state_dict(s["scheduler"])
+    if b.scaler.is_enabled():
+        b.scaler.load_state_dict(s["scaler"])
+    if ema is not None:
+        ema.load_state_dict(s["ema"])
+    st = _State(s["epoch"], s["step"], s["best_val_loss"], s["best_epoch"], s["bad_epochs"],
+                {k: list(v) for k, v in s["history"].items()})
+    # Last: building the model and data above drew random numbers.
+    checkpoint.restore_rng(s["rng"], {"train_loader": b.train_loader.generator})
+    return st
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
+          progress_file=None, overwrite: bool = False, recorder_options: Any = None) -> TrainResult:
+    """Train `config` and record it into `run_dir` (checkpoints in run_dir/checkpoints).
+
+    Args:
+        progress: draw a progress bar (plain lines when the stream is not a terminal).
+        progress_file: the stream for it (stdout by default).
+        overwrite: let the Monitor replace a run already recorded in run_dir.
+        recorder_options: diagnose's RecorderOptions; its grad_every/param_every win over
+            the config's.
+
+    A fresh run (no `resume`) starts by deleting checkpoints an earlier run left in
+    run_dir/checkpoints, so "latest" and "best" always mean this run's.
+    """
+    t_start = time.perf_counter()
+    cfg, inj = config, frozenset(config.inject)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    b = build(cfg)
+    model, opt, sched, scaler, device = b.model, b.optimizer, b.scheduler, b.scaler, b.device
+    accum = cfg.accum_steps
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ckpts = CheckpointManager(run_dir / "checkpoints", cfg.keep_last, cfg.save_best) if cfg.checkpoint_every else None
+    st = _resume(cfg.resume, b, ema) if cfg.resume else _State()
+    if ckpts is not None and not cfg.resume:
+        ckpts.clear()
+
+    step_scheduler = sched is not None and "scheduler-never-stepped" not in inj
+    # scheduler-step-frequency: a per-iteration schedule stepped once per epoch.
+    per_iteration = cfg.per_iteration_scheduler and "scheduler-step-frequency" not in inj
+    early_sched = "scheduler-before-optimizer" in inj
+
+    stopped_early = False
+    leaked: list[Any] = []  # memory-leak only: never cleared
+    bar = StepProgress(b.total_steps, enabled=progress, file=progress_file, every=cfg.log_every,
+                       start_step=st.step)
+    with open_monitor(cfg, run_dir, b, overwrite=overwrite, recorder_options=recorder_options) as mon, bar:
+        model.train()
+        for epoch in range(st.epoch, b.epochs):
+            if st.step >= b.total_steps:
+                break
+            mon.epoch(epoch)
+            t_epoch = time.perf_counter()
+            steps_now = min(b.steps_per_epoch, b.total_steps - st.step)
+            losses: list[torch.Tensor] = []  # one device tensor per optimizer step
+            step_loss = torch.zeros((), device=device)
+            # islice: stop after whole accumulation groups without fetching another batch.
+            for i, (x, y) in enumerate(islice(mon.loader(b.train_loader), steps_now * accum)):
+                micro = i % accum
+                if micro == 0 and "missing-zero-grad" not in inj:
+                    opt.zero_grad(set_to_none=True)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if "nonfinite-inputs" in inj and st.step == cfg.nan_step:
+                    x[0] = float("nan")
+                with b.autocast():
+                    logits = _outputs(model, x, inj)
+                    if "loss-scale-collapse" in inj:
+                        logits = logits * injections.LOGIT_OVERFLOW  # fp16 overflows: inf every step
+                    loss = F.cross_entropy(logits.flatten(0, -2), y.flatten())
+                if "nonfinite-loss" in inj and st.step == cfg.nan_step:
+                    loss = loss * float("nan")
+                # Mean over the accumulation group: the step sees the gradient of one big batch.
+                loss = loss / accum
+                # Summed on the device and detached: `.item()` here would sync every step, and
+                # without detach() every step's autograd history would stay alive.
+                step_loss = step_loss + loss.detach()
+                if "memory-leak" in inj:
+                    leaked.append((x, loss))  # the bug: a batch and a graph kept per step
+                scaler.scale(loss).backward()
+                if micro < accum - 1:
+                    continue
+
+                # --- the optimizer step: unscale, clip, step, update, schedule ---
+                if cfg.grad_clip > 0:
+                    # Gradients must be unscaled before clipping, or max_norm is compared with
+                    # norms ~scale (65536) times too large. A no-op without a GradScaler.
+                    if "clip-before-unscale" not in inj:
+                        scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if early_sched and step_scheduler:
+                    sched.step()
+                if "zero-grad-before-step" in inj:
+                    opt.zero_grad(set_to_none=True)
+                st.history["lr"].append(opt.param_groups[0]["lr"])  # the LR this step uses
+                scaler.step(opt)  # skips the step if the unscaled gradients hold inf/NaN
+                scaler.update()
+                if per_iteration and step_scheduler and not early_sched:
+                    sched.step()
+                if ema is not None:
+                    ema.update(model)
+                st.step += 1
+                losses.append(step_loss)
+                log_now = progress and (st.step % cfg.log_every == 0 or st.step == b.total_steps)
+                bar.update(st.step, samples=x.shape[0] * accum,
+                           loss=step_loss.item() if log_now else None)  # .item(): a host sync
+                step_loss = torch.zeros((), device=device)
+
+            # --- end of epoch: one host sync for the epoch's losses ---
+            step_losses = torch.stack(losses).detach().float().cpu() if losses else torch.zeros(0)
+            st.history["loss"].extend(step_losses.tolist())
+            train_loss = step_losses.mean().item() if losses else math.nan
+
+            with mon.phase("val"), (ema.applied(model) if ema is not None else contextlib.nullcontext()):
+                val_loss, val_acc = evaluate(b, inj)
+            mon.log_metrics("train", epoch=epoch, train_loss=train_loss)
+            mon.log_metrics("val", epoch=epoch, val_loss=val_loss, val_acc=val_acc)
+
+            if step_scheduler and not per_iteration:
+                if cfg.scheduler == "plateau":
+                    sched.step(val_loss)
+                elif not early_sched:
+                    sched.step()
+
+            improved = val_loss < st.best_val_loss - cfg.min_delta  # False for NaN
+            if improved:
+                st.best_val_loss, st.best_epoch, st.bad_epochs = val_loss, epoch, 0
+            else:
+                st.bad_epochs += 1
+            last = epoch == b.epochs - 1 or st.step >= b.total_steps
+            stopped_early = bool(cfg.early_stop_patience) and st.bad_epochs >= cfg.early_stop_patience and not last
+            epoch_time = time.perf_counter() - t_epoch
+            for key, value in (("train_loss", train_loss), ("val_loss", val_loss), ("val_acc", val_acc),
+                               ("epoch_time_s", epoch_time)):
+                st.history[key].append(value)
+            st.epoch = epoch + 1
+
+            due = ckpts is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or last or stopped_early)
+            if ckpts is not None and (due or (improved and cfg.save_best)):
+                state = _checkpoint_state(cfg, b, ema, st)
+                for path in ckpts.save(state, epoch, is_best=improved, epoch_file=due):
+                    mon.log_checkpoint(path, keys=list(state))
+
+            bar.print(f"epoch {epoch}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                      f"val_acc {val_acc:.3f}  lr {opt.param_groups[0]['lr']:.2e}  ({epoch_time:.1f}s)")
+            if stopped_early:
+                bar.print(f"early stop: no val_loss improvement for {st.bad_epochs} epochs")
+                break
+
+    h = st.history
+    last = lambda key: h[key][-1] if h[key] else math.nan  # noqa: E731
+    return TrainResult(
+        run_dir=run_dir, steps=st.step, epochs=st.epoch, train_loss=last("train_loss"),
+        val_loss=last("val_loss"), val_acc=last("val_acc"), best_val_loss=st.best_val_loss, best_epoch=st.best_epoch,
+        stopped_early=stopped_early, checkpoints=ckpts.kept() if ckpts else [],
+        best_checkpoint=ckpts.best_path if ckpts and ckpts.best_path.exists() else None,
+        history=st.history, wall_s=time.perf_counter() - t_start, device=str(device), amp=b.amp,
+    )
