@@ -6,7 +6,8 @@ future schema version, a path that is not a run directory: `RunDirError`).
 
 Fast on big runs: steps.jsonl through pyarrow's JSON reader, the Arrow series through a
 memory map, the call tokens parsed once per distinct token. 100k steps x 200 parameters
-read in about a second (bench/report_speed.py).
+(a synthetic run: 140 MB, 600k calls) read in 0.4-0.6 s (measured on a 2-core VM and a
+16-core host); 25k/50k/100k steps took 0.11/0.18/0.38 s: linear in the size of the files.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import socket
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import numpy as np
 import pandas as pd
 
 from diagnose.rundir import schema
