@@ -94,7 +94,7 @@ def test_json_for_several_run_directories_is_one_array(healthy: Path, nan_run: P
 def test_reader_notes_reach_the_report(healthy: Path) -> None:
     with (healthy / "rank0" / schema.STEPS_FILE).open("a") as f:
         f.write('{"step": 60, "lo')
-    result = invoke("report", healthy, "--format", "json")
+    result = invoke("report", healthy, "--format", "json", *ONLY)
     assert _strict_json(result.stdout)["notes"] == ["rank0/steps.jsonl: last line is incomplete (torn by a crash?); "
                                                     "skipped"]
 
