@@ -40,16 +40,24 @@ def number(value: Any) -> str:
     return str(value)
 
 
+def _compact(value: Any, depth: int = 0) -> str:
+    """Nested evidence as short JSON-like text: numbers to 4 significant digits, strings
+    bare at the top level and quoted inside containers."""
+    if isinstance(value, str):
+        return value if depth == 0 else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (bool, int, float)) or value is None:
+        return number(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_compact(v, depth + 1)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        flat = all(isinstance(v, (int, float, str, bool)) or v is None for v in value)
+        return "[" + ", ".join(v if flat and isinstance(v, str) else _compact(v, depth + 1) for v in value) + "]"
+    return str(value)
+
+
 def value_text(value: Any) -> str:
     """An evidence/config value as one line of plain text (escape it before use)."""
-    if isinstance(value, (bool, int, float)) or value is None:
-        text = number(value)
-    elif isinstance(value, str):
-        text = value
-    elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, str, bool)) or v is None for v in value):
-        text = "[" + ", ".join(number(v) if not isinstance(v, str) else v for v in value) + "]"
-    else:
-        text = json.dumps(value, default=str, ensure_ascii=False)
+    text = _compact(value)
     if len(text) > MAX_VALUE_CHARS:
         text = text[:MAX_VALUE_CHARS] + f"… ({len(text) - MAX_VALUE_CHARS} more characters)"
     return text

@@ -39,7 +39,8 @@ table.facts { width: 100%; font-size: 14px; }
 table.facts th { text-align: left; color: var(--muted); font-weight: 600; white-space: nowrap;
   padding: 3px 16px 3px 0; vertical-align: top; width: 1%; }
 table.facts td { padding: 3px 12px 3px 0; vertical-align: top; overflow-wrap: anywhere; }
-table.compare { width: 100%; font-size: 14px; }
+table.compare { width: 100%; font-size: 14px; margin-bottom: 8px; }
+.card > h3 { margin-top: 14px; }
 table.compare th, table.compare td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left;
   vertical-align: top; overflow-wrap: anywhere; }
 table.compare thead th { background: #eef0f4; }

@@ -61,7 +61,7 @@ def loss_plot(series: Sequence[Series], marks: Sequence[Mark] = ()) -> Plot:
                 if mb is not None:
                     loss = loss[mb.fillna(0).to_numpy() > 0]
                 x, y = loss.index.to_numpy(), loss.to_numpy()
-                draw(ax, binned(x, y), s.color, f"{_prefix(series, s)}train loss")
+                draw(ax, binned(x, y), s.color, f"{_prefix(series, s)}train loss", smooth=True)
                 nonfinite_marks(ax, x, y, f"{_prefix(series, s)}non-finite loss")
                 everything.append(y)
             for i, (metric, rows) in enumerate(val[s.label].groupby("name", sort=True)):
@@ -205,7 +205,9 @@ def memory_plot(series: Sequence[Series], marks: Sequence[Mark] = ()) -> Plot:
     found = {s.label: [(c, name, column(s.tables, c)) for c, name in _MEMORY] for s in series}
     if all(v is None for entries in found.values() for _, _, v in entries):
         return missing(key, title, "No memory was recorded (neither CUDA allocator statistics nor process RSS).")
-    peak = max(float(np.nanmax(v.to_numpy())) for entries in found.values() for _, _, v in entries if v is not None)
+    finite = [v.to_numpy()[np.isfinite(v.to_numpy())] for entries in found.values() for _, _, v in entries
+              if v is not None]
+    peak = max((float(f.max()) for f in finite if len(f)), default=1.0)
     divisor, unit = byte_unit(peak)
     cuda = any(v is not None for entries in found.values() for c, _, v in entries if c != "rss_bytes")
     with style():
@@ -252,7 +254,8 @@ def throughput_plot(series: Sequence[Series], marks: Sequence[Mark] = ()) -> Plo
                 rate, label = (None if time_s is None else 1.0 / time_s.where(time_s > 0)), "steps/s"
             if rate is None:
                 continue
-            draw(top, binned(rate.index.to_numpy(), rate.to_numpy()), s.color, f"{_prefix(series, s)}{label}")
+            draw(top, binned(rate.index.to_numpy(), rate.to_numpy()), s.color,
+                 s.label if len(series) > 1 else label, smooth=True)
         top.set_ylabel(rate_name.replace("_per_s", " / s") if rate_name else "steps / s")
         top.set_ylim(bottom=0)
         shade(top, marks)
@@ -265,7 +268,7 @@ def throughput_plot(series: Sequence[Series], marks: Sequence[Mark] = ()) -> Plo
                     continue
                 share = (wait / time_s.where(time_s > 0)).clip(0, 1)
                 draw(bottom, binned(share.index.to_numpy(), share.to_numpy()), s.color,
-                     f"{_prefix(series, s)}share of step time waiting for data")
+                     s.label if len(series) > 1 else "share of step time waiting for data", smooth=True)
             bottom.set_ylim(0, 1)
             bottom.yaxis.set_major_formatter(PercentFormatter(1.0))
             bottom.set_ylabel("data wait")

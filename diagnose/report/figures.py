@@ -166,12 +166,49 @@ def binned(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> Binned
     return Binned((x[starts] + x[ends]) / 2.0, mean, lo, hi)
 
 
-def draw(ax, data: Binned, color: str, label: str, lw: float = 1.3, **kw) -> None:
-    """A line (and its band when binned)."""
+SMOOTH_MIN_POINTS = 60
+"""Raw series at least this long get a rolling median drawn over them (`draw(smooth=True)`)."""
+
+
+def draw(ax, data: Binned, color: str, label: str, lw: float = 1.3, smooth: bool = False, **kw) -> None:
+    """A line (and its band when binned). `smooth`: a noisy raw series is drawn faint,
+    under its rolling median (window ~2% of the run), so the trend reads at a glance.
+    How the series was summarised goes into the legend's title (see `legend`)."""
     if data.lo is not None:
         ax.fill_between(data.x, data.lo, data.hi, color=color, alpha=0.18, lw=0, step="mid")
-        label = f"{label} (mean per bin; band: min-max)"
-    ax.plot(data.x, data.y, color=color, lw=lw, label=label, **kw)
+        ax.plot(data.x, data.y, color=color, lw=lw, label=label, **kw)
+        _note(ax, "binned", _bin_steps(data.x))
+    elif smooth and len(data.y) >= SMOOTH_MIN_POINTS:
+        window = max(5, len(data.y) // 50) | 1
+        trend = pd.Series(data.y).rolling(window, center=True, min_periods=1).median().to_numpy()
+        ax.plot(data.x, data.y, color=color, lw=0.8, alpha=0.35, **kw)
+        ax.plot(data.x, trend, color=color, lw=lw + 0.4, label=label, **kw)
+        _note(ax, "smooth", window)
+    else:
+        ax.plot(data.x, data.y, color=color, lw=lw, label=label, **kw)
+
+
+def _bin_steps(x: np.ndarray) -> int:
+    return int(round((x[-1] - x[0]) / max(len(x) - 1, 1))) if len(x) > 1 else 1
+
+
+def _note(ax, kind: str, steps: int) -> None:
+    """Remember how a series of `ax` was summarised (`kind`, over how many steps)."""
+    ax.__dict__.setdefault("_diagnose_notes", {}).setdefault(kind, set()).add(steps)
+
+
+def _notes_text(ax) -> str:
+    def span(values: set[int]) -> str:
+        lo, hi = min(values), max(values)
+        return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
+
+    notes = ax.__dict__.get("_diagnose_notes", {})
+    parts = []
+    if "binned" in notes:
+        parts.append(f"line: mean per bin of ~{span(notes['binned'])} steps; band: min to max")
+    if "smooth" in notes:
+        parts.append(f"faint: each step; line: rolling median of {span(notes['smooth'])} steps")
+    return "; ".join(parts)
 
 
 def step_marks(ax, steps: np.ndarray, color: str, label: str, bottom: bool = True, bins: int = 1000) -> None:
@@ -214,17 +251,19 @@ def shade(ax, marks: Sequence[Mark], fill: bool = True) -> None:
                     bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": color, "lw": 0.8})
 
 
-def legend(ax, ncol: int = 3) -> None:
-    """A legend (deduplicated) above the axes, right-aligned, so it never hides data."""
+def legend(ax, ncol: int = 4) -> None:
+    """A legend (deduplicated) above the axes, right-aligned, so it never hides data; its
+    title says how long series were summarised (`draw`)."""
     handles, labels = ax.get_legend_handles_labels()
     seen: dict[str, object] = {}
     for handle, text in zip(handles, labels):
         if not text.startswith("_"):
             seen.setdefault(text, handle)
+    notes = _notes_text(ax)
     if seen:
         ax.legend(list(seen.values()), list(seen.keys()), loc="lower right", bbox_to_anchor=(1.0, 1.0),
                   ncol=min(ncol, len(seen)), frameon=False, borderaxespad=0.2, columnspacing=1.2,
-                  handlelength=1.8)
+                  handlelength=1.8, title=notes or None, title_fontsize=8, alignment="right")
 
 
 def plain_log_axis(ax) -> None:
@@ -251,12 +290,13 @@ def steps_axis(ax) -> None:
 
 
 def column(tables: RunTables, name: str) -> pd.Series | None:
-    """A steps column as float, or None when it was not recorded (absent or all null)."""
+    """A steps column as float, or None when it was not recorded. The reader drops a
+    column that was null on every line, so a column that is there but all NaN holds
+    non-finite values (a loss that was NaN from the first step): it is returned."""
     steps = tables.steps
-    if name not in steps.columns:
+    if name not in steps.columns or steps.empty:
         return None
-    values = pd.to_numeric(steps[name], errors="coerce").astype("float64")
-    return None if values.isna().all() else values
+    return pd.to_numeric(steps[name], errors="coerce").astype("float64")
 
 
 def byte_unit(max_bytes: float) -> tuple[float, str]:
@@ -268,7 +308,7 @@ def byte_unit(max_bytes: float) -> tuple[float, str]:
 
 
 def log2_formatter(value: float, _pos) -> str:
-    """Loss-scale tick labels: 65,536 for 2^16, 1/8 for 2^-3, 2^40 when long."""
+    """Loss-scale tick labels: 65,536 for 2^16, 1/8 for 2^-3, a power of two beyond."""
     if value <= 0 or not math.isfinite(value):
         return ""
     k = math.log2(value)
@@ -279,4 +319,4 @@ def log2_formatter(value: float, _pos) -> str:
         return f"{value:,.0f}"
     if -10 <= k < 0:
         return f"1/{2 ** -k:,}"
-    return f"2^{k}"
+    return f"$2^{{{k}}}$"

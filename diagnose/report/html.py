@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import json
 import os
 import string
 from collections.abc import Callable, Sequence
@@ -317,8 +318,29 @@ def _summary(reports: Sequence[Report], labels: Sequence[str]) -> str:
     rows.append(f"<tr><th>Step time vs {esc(labels[0])}</th>{_ratios(reports)}</tr>")
     configs = "".join(f'<div><h3>{esc(label)}</h3>{_config_block(r)}</div>' for label, r in zip(labels, reports))
     return (f'<section id="summary"><h2>Runs</h2><div class="card"><table class="compare"><thead><tr><th></th>'
-            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{_config_diff(reports, labels)}</div>"
             f'<div class="columns">{configs}</div></section>')
+
+
+def _config_diff(reports: Sequence[Report], labels: Sequence[str], limit: int = 40) -> str:
+    """The config values that differ between the runs, side by side."""
+    flats = []
+    for report in reports:
+        config = report.run.first.meta.get("config")
+        flats.append(flatten(config) if config not in (None, {}, []) else {})
+    missing = object()
+    keys = [k for k in dict.fromkeys(k for flat in flats for k in flat)
+            if len({json.dumps(f.get(k, missing), sort_keys=True, default=str) for f in flats}) > 1]
+    if not keys:
+        return "<p>The runs' configs are the same.</p>" if any(flats) else ""
+    shown = keys[:limit]
+    head = "".join(f"<th>{esc(label)}</th>" for label in labels)
+    rows = "".join(
+        f"<tr><th>{esc(k)}</th>" + "".join(f"<td>{esc(value_text(f[k])) if k in f else '—'}</td>" for f in flats)
+        + "</tr>" for k in shown)
+    more = f"<p>… and {len(keys) - limit} more.</p>" if len(keys) > limit else ""
+    return (f"<h3>Config that differs ({len(keys)} value{'s' if len(keys) != 1 else ''})</h3>"
+            f'<table class="compare"><thead><tr><th></th>{head}</tr></thead><tbody>{rows}</tbody></table>{more}')
 
 
 def _ratios(reports: Sequence[Report]) -> str:
@@ -330,8 +352,13 @@ def _ratios(reports: Sequence[Report]) -> str:
             cells.append("<td>—</td>")
         else:
             ratio = t / base
-            word = "slower" if ratio > 1.005 else "faster" if ratio < 0.995 else "same"
-            cells.append(f"<td>{ratio:.2f}× ({esc(word)})</td>")
+            if ratio > 1.005:
+                word = f"{ratio:.3g}× slower"
+            elif ratio < 0.995:
+                word = f"{1 / ratio:.3g}× faster"
+            else:
+                word = "the same"
+            cells.append(f"<td>{ratio:.3g}× ({esc(word)})</td>")
     return "".join(cells)
 
 
