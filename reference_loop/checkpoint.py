@@ -68,7 +68,9 @@ def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[st
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
     }
-    if torch.cuda.is_available():
+    # Only when CUDA is in use: asking a CPU run for CUDA RNG states would create a CUDA
+    # context (seconds, and GPU memory) on every GPU of the machine.
+    if torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -84,7 +86,7 @@ def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | 
                          n["cached_gaussian"]))
     for key, gen in (generators or {}).items():
         gen.set_state(state["generators"][key])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_initialized():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -136,8 +136,10 @@ def build_loaders(cfg, data: TaskData, *, pin_memory: bool = False) -> tuple[Dat
     collate = default_collate
     if "dataloader-bottleneck" in cfg.inject:
         collate = functools.partial(slow_collate, delay_s=cfg.slow_data_s)
-    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory,
-                  persistent_workers=cfg.num_workers > 0)
+    # No persistent_workers: a persistent iterator skips the per-epoch draw of the workers'
+    # base seed from the generator, so a resumed run (a fresh iterator) would shuffle
+    # differently from the uninterrupted one. Restarting workers costs ~0.1 s per epoch.
+    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory)
     train = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                        generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate, **common)
     if len(train) == 0:

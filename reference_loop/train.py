@@ -333,6 +333,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
     bar = StepProgress(b.total_steps, enabled=progress, file=progress_file, every=cfg.log_every,
                        start_step=st.step)
     with open_monitor(cfg, run_dir, b, overwrite=overwrite, recorder_options=recorder_options) as mon, bar:
+        if b.amp == "fp16" and device.type == "cpu":
+            bar.print("note: fp16 autocast on CPU has no native convolution kernels on most CPUs; "
+                      "the images task runs ~10x slower than in float32 (use --steps to shorten)")
         model.train()
         for epoch in range(st.epoch, b.epochs):
             if st.step >= b.total_steps:
@@ -434,11 +437,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
                 bar.print(f"early stop: no val_loss improvement for {st.bad_epochs} epochs")
                 break
 
-    h = st.history
-    last = lambda key: h[key][-1] if h[key] else math.nan  # noqa: E731
+    def final(key: str) -> float:
+        return st.history[key][-1] if st.history[key] else math.nan
+
     return TrainResult(
-        run_dir=run_dir, steps=st.step, epochs=st.epoch, train_loss=last("train_loss"),
-        val_loss=last("val_loss"), val_acc=last("val_acc"), best_val_loss=st.best_val_loss, best_epoch=st.best_epoch,
+        run_dir=run_dir, steps=st.step, epochs=st.epoch, train_loss=final("train_loss"),
+        val_loss=final("val_loss"), val_acc=final("val_acc"), best_val_loss=st.best_val_loss,
+        best_epoch=st.best_epoch,
         stopped_early=stopped_early, checkpoints=ckpts.kept() if ckpts else [],
         best_checkpoint=ckpts.best_path if ckpts and ckpts.best_path.exists() else None,
         history=st.history, wall_s=time.perf_counter() - t_start, device=str(device), amp=b.amp,

@@ -11,6 +11,7 @@ CASES = {
     "images-fp16-scaler-accum": dict(amp="fp16", accum_steps=2, scheduler="warmup-cosine", batch_size=16),
     "images-bf16-plateau-sgd": dict(amp="bf16", scheduler="plateau", optimizer="sgd", lr=0.05),
     "chars-step-early-stop": dict(task="chars", scheduler="step", step_size=1, early_stop_patience=5),
+    "images-loader-workers-accum": dict(num_workers=2, accum_steps=3),
 }
 
 
