@@ -116,6 +116,16 @@ def prose(text: str) -> str:
     return "".join(out)
 
 
+def evidence_grid(items: dict[str, Any]) -> str:
+    """Evidence as a grid of `key value` cells, several per row; long values get a row."""
+    cells = []
+    for key, value in items.items():
+        text = value_text(value)
+        wide = " wide" if len(text) + len(str(key)) > 44 else ""
+        cells.append(f'<div class="ev{wide}"><span class="k">{esc(key)}</span> <span class="v">{esc(text)}</span></div>')
+    return f'<div class="evidence">{"".join(cells)}</div>'
+
+
 def kv_table(items: dict[str, Any], css: str = "kv") -> str:
     """A two-column table of escaped keys and values."""
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(value_text(v))}</td></tr>" for k, v in items.items())
@@ -190,7 +200,7 @@ def finding_card(item: Numbered, figure_titles: dict[str, str], show_rank: bool 
         f'<div class="meta">{" · ".join(meta)}</div>',
     ]
     if f.evidence:
-        parts.append("<h4>Evidence</h4>" + kv_table(f.evidence))
+        parts.append("<h4>Evidence</h4>" + evidence_grid(f.evidence))
     if f.explanation:
         parts.append("<h4>Why it matters</h4>" + prose(f.explanation))
     if f.fix:

@@ -49,6 +49,11 @@ table.kv { font-size: 13px; margin: 4px 0; }
 table.kv th { text-align: left; font-weight: 600; color: var(--muted); padding: 2px 14px 2px 0;
   vertical-align: top; white-space: nowrap; font-family: var(--mono); }
 table.kv td { padding: 2px 0; font-family: var(--mono); overflow-wrap: anywhere; vertical-align: top; }
+.evidence { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 1px 18px;
+  font-family: var(--mono); font-size: 13px; margin: 4px 0; }
+.evidence .ev { overflow-wrap: anywhere; padding: 1px 0; border-bottom: 1px dotted #e3e6ec; }
+.evidence .ev.wide { grid-column: 1 / -1; }
+.evidence .k { color: var(--muted); font-weight: 600; }
 .badge { display: inline-block; border-radius: 3px; padding: 0 7px; font-size: 12px; font-weight: 700;
   letter-spacing: .03em; text-transform: uppercase; color: #fff; vertical-align: 2px; }
 .badge.error, .status.crashed { background: var(--error); }

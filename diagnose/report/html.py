@@ -87,7 +87,7 @@ _FIGURE_OF_RULE = {
     "nonfinite-gradients": "grad-norm", "gradient-explosion": "grad-norm", "gradient-spike": "grad-norm",
     "clip-before-unscale": "calls",
     "vanishing-gradients": "grad-heatmap", "dead-units": "grad-heatmap", "nonfinite-parameters": "grad-heatmap",
-    "params-not-updated": "grad-heatmap", "update-ratio": "grad-heatmap",
+    "params-not-updated": "grad-heatmap",
     "loss-scale-collapse": "loss-scale", "rank-desync": "loss-scale",
     "memory-leak": "memory",
     "dataloader-bottleneck": "throughput", "throughput-drop": "throughput", "rank-straggler": "throughput",

@@ -8,8 +8,10 @@ are drawn once with a count (`x200`). Which step is shown:
 - evaluation: the first evaluation (calls in a `val`/`test` phase, or forward passes
   whose output never reached a backward), or the one a finding points at.
 Calls that a loop finding blames are drawn in red with the finding's label above them:
-the calls its evidence names, and the calls its rule is about (`clip_grad_norm_` for
-`clip-before-unscale`, eval forwards with grad enabled for `eval-with-grad`, ...).
+the calls its rule is about (`clip_grad_norm_` for `clip-before-unscale`, eval forwards
+with grad enabled for `eval-with-grad`, a `zero_grad` between backward and step, ...),
+or, for a rule this module does not know, the call tokens its evidence names (values of
+keys containing `call` or `token`).
 """
 from __future__ import annotations
 
@@ -25,16 +27,11 @@ from diagnose.rules._base import Finding
 
 KEY, TITLE = "calls", "Call order: one training step and one evaluation"
 MAX_BOXES = 32
-"""Boxes per panel at most (after merging repeats); the rest is summarised as `...`."""
+"""Boxes per panel at most (after merging repeats); the panel title says how many more there were."""
 SAMPLE_STEPS = 2000
 """Training steps compared to find the most common call sequence."""
 
 EVAL_RULES = frozenset({"eval-without-eval-mode", "eval-with-grad"})
-TIMELINE_RULES = frozenset({
-    "missing-zero-grad", "zero-grad-before-step", "scheduler-before-optimizer", "clip-before-unscale",
-    "eval-without-eval-mode", "eval-with-grad", "train-mode-not-restored", "scheduler-never-stepped",
-})
-"""Rules whose findings are shown in this figure."""
 
 
 @dataclass(frozen=True)
@@ -133,8 +130,8 @@ def blamed(rule: str, rows: pd.DataFrame, evidence: dict | None = None) -> np.nd
     }
     mask = masks.get(rule, np.zeros(len(rows), dtype=bool)).astype(bool)
     tokens = _evidence_tokens(evidence or {})
-    if tokens:
-        mask |= rows["token"].astype(str).isin(tokens).to_numpy()
+    if tokens and not mask.any():  # the rule's own test first: a token may also occur legitimately
+        mask = rows["token"].astype(str).isin(tokens).to_numpy()
     return mask
 
 

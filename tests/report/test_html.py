@@ -347,6 +347,21 @@ def test_html_is_deterministic_apart_from_the_footer(tmp_path: Path) -> None:
     assert first == second
 
 
+def test_timeline_blames_the_offending_call_not_every_call_of_its_kind(tmp_path: Path) -> None:
+    from diagnose.report.timeline import blamed
+
+    run_dir = write_synthetic_run(tmp_path / "run", steps=1, params=2)
+    tokens = ["opt0.zero_grad", "model0.forward[TGB]", "backward", "opt0.zero_grad", "opt0.step", "sched0.step",
+              "model0.eval", "model0.forward[EG]", "model0.forward[ENI]"]
+    (run_dir / "rank0" / "events.jsonl").write_text(json.dumps({"kind": "calls", "step": 0, "calls": tokens}) + "\n")
+    rows = read_run(run_dir).first.calls
+    evidence = {"clearing_call": "opt0.zero_grad"}
+    assert blamed("zero-grad-before-step", rows, evidence).nonzero()[0].tolist() == [3]
+    assert blamed("eval-with-grad", rows, {}).nonzero()[0].tolist() == [7]
+    assert blamed("some-future-loop-rule", rows, {"early_call": "sched0.step"}).nonzero()[0].tolist() == [5]
+    assert not blamed("scheduler-before-optimizer", rows, {}).any()  # stepped after the optimizer here
+
+
 # ---- the command line ----------------------------------------------------------------------
 def test_cli_html_default_goes_into_the_run_directory(tmp_path: Path) -> None:
     run_dir = write_synthetic_run(tmp_path / "run", steps=20, params=2)
