@@ -185,7 +185,7 @@ def finding_card(item: Numbered, figure_titles: dict[str, str], show_rank: bool 
         meta.append("ranks " + esc(", ".join(str(r) for r in f.evidence["ranks"])))
     link = ""
     if item.figure_anchor:
-        where = ("the calls it blames are drawn in red there" if item.figure == "calls"
+        where = ("the calls it blames are outlined there" if item.figure == "calls"
                  else "its steps are shaded there" if f.steps else "")
         link = (f'<p class="shown">Shown in <a href="#{esc(item.figure_anchor)}">'
                 f'{esc(figure_titles.get(item.figure or "", "its figure"))}</a>'

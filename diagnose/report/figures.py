@@ -24,7 +24,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 from diagnose.rules._base import Severity
 from diagnose.rundir.tables import RunTables
@@ -266,19 +266,31 @@ def legend(ax, ncol: int = 4) -> None:
                   handlelength=1.8, title=notes or None, title_fontsize=8, alignment="right")
 
 
+def plain(value: float) -> str:
+    """A tick value for people: 0.25, 2, 1,000, 250,000, 1e-05, 1e+08."""
+    if 1e3 <= abs(value) < 1e7 and float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
 def plain_log_axis(ax) -> None:
-    """Tick labels of a log y axis as plain numbers (0.3, 2, 1e-05); minor ticks are
-    labelled too when the axis spans few decades (all under one, 2 and 5 under two)."""
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if v > 0 else ""))
+    """Tick labels of a log y axis as plain numbers (0.3, 2, 1e-05). Call it after the
+    data is drawn: within one decade the ticks are spaced like a linear axis (a log
+    locator would leave one or two), within two the 2s and 5s are labelled too."""
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: plain(v) if v > 0 else ""))
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < 10:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        ax.yaxis.set_minor_locator(NullLocator())
+        return
 
     def minor(value: float, _pos) -> str:
-        lo, hi = ax.get_ylim()
-        if value <= 0 or lo <= 0:
+        low, high = ax.get_ylim()
+        if value <= 0 or low <= 0:
             return ""
         mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
-        if hi / lo < 10 or (hi / lo < 100 and mantissa in (2.0, 5.0)):
-            return f"{value:.3g}"
-        return ""
+        return plain(value) if high / low < 100 and mantissa in (2.0, 5.0) else ""
 
     ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 

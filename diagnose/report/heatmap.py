@@ -104,7 +104,8 @@ def heatmap_plot(s: Series, marks: Sequence[Mark] = (), key: str = "grad-heatmap
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.set_ylabel("parameter (model order)" + (f", every {every}th named" if every > 1 else ""))
         shade(ax, marks, fill=False)
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, pad=0.01, fraction=0.03)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, pad=0.01, fraction=0.03,
+                           aspect=max(12.0, 9.0 * height))  # as tall as the heatmap, ~0.12 in wide
         bar.set_label("log10 gradient L2 norm")
         ax.legend([Patch(facecolor=c, edgecolor="#666666", lw=0.6) for c, _ in _KEY], [t for _, t in _KEY],
                   loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8, frameon=False,

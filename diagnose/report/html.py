@@ -75,7 +75,8 @@ FIGURES = (
                "Samples (or tokens) per second and the share of each step spent waiting for the next batch."),
     FigureSpec("calls", "Call order: one training step and one evaluation",
                "The calls of one representative training step and of one evaluation, in order, one lane per "
-               "object. Calls a loop finding blames are drawn in red with its label."),
+               "object. Calls a loop finding blames are outlined in its severity's colour (red: error, orange: "
+               "warning) and labelled with its number."),
 )
 """The figures, in page order: key (anchor `fig-KEY`), title, caption."""
 _TITLES = {f.key: f.title for f in FIGURES}

@@ -7,7 +7,7 @@ are drawn once with a count (`x200`). Which step is shown:
   among the training steps (sampled on long runs);
 - evaluation: the first evaluation (calls in a `val`/`test` phase, or forward passes
   whose output never reached a backward), or the one a finding points at.
-Calls that a loop finding blames are drawn in red with the finding's label above them:
+Calls that a loop finding blames are outlined in its severity's colour, its label above:
 the calls its rule is about (`clip_grad_norm_` for `clip-before-unscale`, eval forwards
 with grad enabled for `eval-with-grad`, a `zero_grad` between backward and step, ...),
 or, for a rule this module does not know, the call tokens its evidence names (values of
