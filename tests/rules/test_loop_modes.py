@@ -48,24 +48,32 @@ def test_silent_on_healthy(rule, healthy_run: Run) -> None:
                                                     ("linear_model_eval_in_train_mode", "val", False)])
 def test_fires_on_eval_without_eval_mode(name: str, phase: str, batchnorm: bool, fault_root: Path) -> None:
     [finding] = eval_without_eval_mode.check(fault_tables(name, fault_root))
-    assert finding.rule == "eval-without-eval-mode" and finding.severity == Severity.WARNING
+    assert finding.rule == "eval-without-eval-mode"
+    # a Linear-only model without declared dropout computes the same in both modes: info
+    assert finding.severity == (Severity.WARNING if batchnorm else Severity.INFO)
     ev = finding.evidence
     assert (ev["step"], ev["phase"], ev["forward_token"]) == (STEPS_PER_EPOCH - 1, phase, "model0.forward[TN]")
     assert ev["eval_forwards_in_train_mode"] == ev["eval_forwards"] == 3 * EPOCHS  # 3 validation batches
     assert ev["evaluations"] == EPOCHS and ev["step_ranges"] == EPOCH_ENDS
     assert "model0.forward[TN]*3" in ev["sequence"] and "model0.eval" not in ev["sequence"]
     assert ev["mode_dependent_modules"] == (["bn (BatchNorm1d)"] if batchnorm else [])
+    assert ev["configured_dropout"] == {}
     assert ("bn (BatchNorm1d)" in finding.explanation) == batchnorm
-    assert batchnorm or "Dropout" in finding.explanation  # cannot be ruled out from the record
+    assert batchnorm or "Dropout owns no parameters" in finding.explanation
 
 
-@pytest.mark.parametrize("task, first_step, modules", [("images", 7, "BatchNorm2d"), ("chars", 23, None)])
-def test_fires_on_eval_without_eval_mode_in_the_reference_loop(task: str, first_step: int, modules, fault_root: Path) -> None:
+@pytest.mark.parametrize("task, first_step, modules, dropout", [("images", 7, "BatchNorm2d", {"dropout": 0.1}),
+                                                                ("chars", 23, None, {"dropout": 0.1})])
+def test_fires_on_eval_without_eval_mode_in_the_reference_loop(task: str, first_step: int, modules, dropout,
+                                                               fault_root: Path) -> None:
     name = "ref_eval_without_eval_mode" + ("_chars" if task == "chars" else "")
     [finding] = eval_without_eval_mode.check(fault_tables(name, fault_root))
     assert finding.severity == Severity.WARNING and finding.evidence["first_step"] == first_step
     listed = " ".join(finding.evidence["mode_dependent_modules"])
     assert (modules in listed) if modules else listed == ""
+    assert finding.evidence["configured_dropout"] == dropout  # the chars model's only sign of Dropout
+    if not modules:
+        assert "config declares dropout (dropout=0.1)" in finding.explanation
 
 
 def test_forwards_inside_a_training_step_are_not_evaluation(fault_root: Path) -> None:
@@ -126,3 +134,13 @@ def test_training_in_eval_mode_from_the_first_step_is_a_choice(fault_root: Path)
     tables = fault_tables("trained_in_eval_mode_throughout", fault_root)
     assert set(tables.calls.loc[tables.calls["method"] == "forward", "token"].astype(str)) == {"model0.forward[EGB]"}
     assert train_mode_not_restored.check(tables) == []
+
+
+def test_train_mode_not_restored_is_info_when_both_modes_compute_the_same(fault_root: Path) -> None:
+    tables = fault_tables("eval_mode_not_restored", fault_root)
+    linear_only = dataclasses.replace(tables, params=tables.params.assign(module_type="Linear"), meta={})
+    [finding] = train_mode_not_restored.check(linear_only)
+    assert finding.severity == Severity.INFO and "cannot show in the record" in finding.explanation
+    declared = dataclasses.replace(linear_only, meta={"config": {"model": {"dropout": 0.2}}})
+    [finding] = train_mode_not_restored.check(declared)
+    assert finding.severity == Severity.WARNING and finding.evidence["configured_dropout"] == {"dropout": 0.2}

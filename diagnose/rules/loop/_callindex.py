@@ -326,3 +326,36 @@ def model_index(obj: str) -> int | None:
     if obj.startswith("model") and obj[5:].isdigit():
         return int(obj[5:])
     return None
+
+
+_DROPOUT_KEY = re.compile(r"dropout|pdrop|drop_?rate|drop_?prob|drop_?path", re.IGNORECASE)
+
+
+def configured_dropout(config: object, depth: int = 0) -> dict[str, float]:
+    """Dropout probabilities the run's config declares (`dropout`, `attn_pdrop`,
+    `hidden_dropout_prob`, `drop_rate`, `drop_path_rate`, ... at any nesting up to 3 deep),
+    as {key: value}. Empty when the config says nothing about dropout."""
+    found: dict[str, float] = {}
+    if depth > 3 or not isinstance(config, dict):
+        return found
+    for key, value in config.items():
+        if isinstance(value, dict):
+            found.update(configured_dropout(value, depth + 1))
+        elif _DROPOUT_KEY.search(str(key)) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[str(key)] = float(value)
+    return found
+
+
+def mode_evidence(run: RunTables, model: int) -> tuple[bool, dict]:
+    """Whether train and eval mode can compute differently for `model`, and why.
+
+    Yes when the parameter table shows a module that acts differently in eval mode or that
+    we cannot rule out (BatchNorm, attention and RNN layers, custom modules), or when the
+    run's config declares a dropout above 0. Otherwise no: every parameter belongs to a
+    layer that computes the same in both modes, and the config declares no dropout (or
+    says nothing) — Dropout owns no parameters, so the record cannot show it."""
+    modules, _ = mode_dependent_modules(run, model)
+    dropout = configured_dropout(run.meta.get("config"))
+    active = {k: v for k, v in dropout.items() if v > 0}
+    evidence = {"mode_dependent_modules": modules[:10], "configured_dropout": dropout}
+    return bool(modules or active), evidence

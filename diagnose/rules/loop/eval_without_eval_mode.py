@@ -30,13 +30,18 @@ model.train()
 ```
 
 ## Thresholds
-- Any such forward, at warning. A model with neither Dropout nor BatchNorm computes the
-  same in both modes, and then the finding is only hygiene; but Dropout owns no
-  parameter, so the record (whose parameter table is the only list of modules) cannot
-  show it: a GPT-style model with Dropout is made of Linear, LayerNorm and Embedding
-  parameters just like one without. The severity therefore stays at warning; the
-  explanation names the mode-dependent modules the parameter table does show (BatchNorm,
-  InstanceNorm, attention and RNN layers, custom modules) or says that none were seen.
+- Any such forward. Severity warning when train and eval mode can compute differently:
+  the parameter table shows a module that acts differently in eval mode or that we
+  cannot rule out (BatchNorm, InstanceNorm, attention and RNN layers, custom modules), or
+  the run's config (`Monitor(config=...)`, the reference loop's config) declares a
+  dropout above 0 (`dropout`, `attn_pdrop`, `hidden_dropout_prob`, `drop_rate`, ...).
+  Info otherwise: every parameter belongs to a layer that computes the same in both
+  modes (Linear, Conv, Embedding, LayerNorm, GroupNorm, ...) and no dropout is declared.
+  Dropout owns no parameter, so the record cannot show it: a Linear-only model with
+  Dropout layers and no config is rated info too (a recall loss taken on purpose: the
+  MLPs of the numerics and resources test loops, evaluated without eval(), compute the
+  same numbers either way). The reference loop's chars transformer (Linear, LayerNorm,
+  Embedding parameters; config dropout 0.1) is rated warning.
 - Silent on the 12 healthy scenarios (seeds 0-2), the healthy reference runs, and a loop
   with a frozen teacher and a no_grad pseudo-label forward inside its training steps.
 """
@@ -45,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 
 from diagnose.rules._base import Finding, RunTables, Severity, compact_ranges
-from diagnose.rules.loop._callindex import CallIndex, mode_dependent_modules
+from diagnose.rules.loop._callindex import CallIndex, mode_evidence
 
 NAME = "eval-without-eval-mode"
 SEVERITY = Severity.WARNING
@@ -76,7 +81,9 @@ def check(run: RunTables) -> list[Finding]:
         if not len(bad):
             continue
         model = int(obj[5:]) if obj[5:].isdigit() else 0
-        dependent, independent = mode_dependent_modules(run, model)
+        differs, modes = mode_evidence(run, model)
+        dependent = modes["mode_dependent_modules"]
+        dropout = {k: v for k, v in modes["configured_dropout"].items() if v > 0}
         steps = sorted(set(calls.step[bad].tolist()))
         total = int(mine.sum())
         first = int(bad[0])
@@ -90,23 +97,27 @@ def check(run: RunTables) -> list[Finding]:
             "step_ranges": compact_ranges(steps),
             "phase": str(calls.phase[first]),
             "forward_token": str(calls.token[first]),
-            "mode_dependent_modules": dependent[:10],
+            **modes,
             "sequence": calls.sequence(first),
         }
-        if independent:
-            why = ("Every parameter of this model belongs to a layer that computes the same in train and eval mode "
-                   "(no BatchNorm). If the model has Dropout (it owns no parameters, so the record cannot show it), "
-                   "validation ran with units dropped at random: noisy, pessimistic numbers driving checkpoint "
-                   "selection and early stopping. If it has no Dropout either, the numbers are unaffected and this "
-                   "is hygiene: adding Dropout or BatchNorm later would silently change your validation.")
-        else:
+        if dependent:
             shown = ", ".join(dependent[:4]) + (", ..." if len(dependent) > 4 else "")
-            why = (f"Modules that behave differently in training mode ({shown}) were active: BatchNorm normalised with "
-                   "each validation batch's statistics and updated its running statistics from validation data, "
-                   "and Dropout dropped units at random.")
+            why = (f"Modules that can behave differently in training mode were active ({shown}): BatchNorm layers "
+                   "normalise with each validation batch's statistics and update their running statistics from "
+                   "validation data, and Dropout layers drop units at random.")
+        elif dropout:
+            shown = ", ".join(f"{k}={v:g}" for k, v in list(dropout.items())[:3])
+            why = (f"The run's config declares dropout ({shown}): validation ran with units dropped at random, so its "
+                   "numbers are noisy and pessimistic, and checkpoint selection and early stopping act on them.")
+        else:
+            why = ("Every parameter of this model belongs to a layer that computes the same in train and eval mode "
+                   "(no BatchNorm) and the config declares no dropout, so the numbers are probably unaffected. But "
+                   "Dropout owns no parameters and cannot show in the record: if the model has Dropout layers, "
+                   "validation ran with units dropped at random. Switching modes costs nothing and keeps a later "
+                   "Dropout or BatchNorm from silently changing your validation.")
         findings.append(Finding(
             rule=NAME,
-            severity=SEVERITY,
+            severity=SEVERITY if differs else Severity.INFO,
             title=(f"{len(bad)} of {total} evaluation forwards of {obj} ran in training mode "
                    f"(first at step {steps[0]}, phase {calls.phase[first]})"),
             steps=(steps[0], steps[-1]),

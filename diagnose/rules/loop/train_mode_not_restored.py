@@ -33,9 +33,13 @@ for epoch in range(epochs):
 ```
 
 ## Thresholds
-Any such training forward. Severity warning. Silent on the 12 healthy scenarios (seeds
-0-2; one of them keeps a frozen backbone in eval mode), the healthy reference runs, and
-a loop that trains in eval mode from its first step. A loop that deliberately switches
+Any such training forward. Severity warning when train and eval mode can compute
+differently (as in `eval-without-eval-mode`: a BatchNorm, attention, RNN or unknown module
+in the parameter table, or a dropout above 0 in the run's config); info when every
+parameter belongs to a layer that computes the same in both modes and no dropout is
+declared (Dropout owns no parameters and cannot show in the record). Silent on the 12
+healthy scenarios (seeds 0-2; one of them keeps a frozen backbone in eval mode), the
+healthy reference runs, and a loop that trains in eval mode from its first step. A loop that deliberately switches
 the whole model to eval mode for its last epochs (instead of freezing the BatchNorm
 layers) and evaluates between epochs reads the same as the bug and is flagged.
 """
@@ -44,7 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from diagnose.rules._base import Finding, RunTables, Severity, compact_ranges
-from diagnose.rules.loop._callindex import CallIndex
+from diagnose.rules.loop._callindex import CallIndex, model_index, mode_evidence
 
 NAME = "train-mode-not-restored"
 SEVERITY = Severity.WARNING
@@ -82,9 +86,10 @@ def check(run: RunTables) -> list[Finding]:
         train_steps = len(set(calls.step[training & mine].tolist()))
         first = int(bad[0])
         last_eval = int(eval_rows[eval_rows < first][-1])
+        differs, modes = mode_evidence(run, model_index(obj) or 0)
         findings.append(Finding(
             rule=NAME,
-            severity=SEVERITY,
+            severity=SEVERITY if differs else Severity.INFO,
             title=(f"{len(steps)} of {train_steps} training steps of {obj} ran in eval mode after an evaluation "
                    f"(from step {steps[0]})"),
             steps=(steps[0], steps[-1]),
@@ -100,12 +105,16 @@ def check(run: RunTables) -> list[Finding]:
                 "forward_token": str(calls.token[first]),
                 "sequence": calls.sequence(first),
                 "evaluation_sequence": calls.sequence(last_eval),
+                **modes,
             },
             explanation=(f"{obj} was switched to eval mode for an evaluation (step {int(calls.step[last_eval])}), "
                          f"and its training forwards from step {steps[0]} on still ran in eval mode, while it trains "
                          "in training mode elsewhere in the run: model.train() was not called after the evaluation. "
-                         "Dropout was off and BatchNorm used (and stopped updating) its running statistics for "
-                         f"{len(steps)} training steps."),
+                         + ("Dropout was off and BatchNorm used (and stopped updating) its running statistics for "
+                            f"{len(steps)} training steps." if differs else
+                            "Every parameter belongs to a layer that computes the same in both modes and the config "
+                            "declares no dropout, so this probably changed nothing yet; Dropout layers (which own no "
+                            "parameters and cannot show in the record) would have been off.")),
             fix=_FIX,
         ))
     return findings
