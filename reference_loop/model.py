@@ -1,8 +1,9 @@
 """Models of the embedded tasks: a small CNN (images) and a small GPT-style transformer (chars).
 
 Both expose `probe`: the nn.Linear whose output goes through a ReLU/GELU, the layer the
-`dead-units` and `params-not-updated` injections act on, so those injections work on
-either model without knowing its layout.
+`dead-units` and `params-not-updated` injections act on, and `leak_site`: a module whose
+output is ~1 MiB per default batch, which the `memory-leak` injection's hook keeps. So the
+injections work on either model without knowing its layout.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class SmallCNN(nn.Module):
     @property
     def probe(self) -> nn.Linear:
         return self.fc1
+
+    @property
+    def leak_site(self) -> nn.Module:
+        return self.features[3]  # 2*width x 8 x 8 per image: 1 MiB per batch of 64 at width 32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.fc1(self.features(x)))
@@ -109,6 +114,10 @@ class CharTransformer(nn.Module):
     @property
     def probe(self) -> nn.Linear:
         return self.blocks[0].mlp.fc
+
+    @property
+    def leak_site(self) -> nn.Module:
+        return self.blocks[-1]  # block_size x n_embd per sequence: 1 MiB per default batch
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.shape[1]

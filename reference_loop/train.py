@@ -20,62 +20,25 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from reference_loop import checkpoint, injections
+from reference_loop.builder import Built, build, resolve_amp, resolve_device, seed_everything
 from reference_loop.checkpoint import CheckpointManager
 from reference_loop.config import TrainConfig
-from reference_loop.data import TaskData, build_datasets, build_loaders
 from reference_loop.ema import EMA
-from reference_loop.model import build_model
-from reference_loop.optim import build_optimizer, build_scheduler
 from reference_loop.progress import StepProgress
 
-
-@dataclass
-class Built:
-    """Everything `train` trains with, before any step: also what tests and the pytest
-    plugin need to drive a loop of their own."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    """An LRScheduler, ReduceLROnPlateau, or None."""
-    scaler: torch.amp.GradScaler
-    """Always present; disabled (a pass-through) unless amp is fp16."""
-    train_loader: DataLoader
-    val_loader: DataLoader
-    data: TaskData
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    """Autocast dtype, or None without autocast."""
-    steps_per_epoch: int
-    """Optimizer steps per epoch (micro-batches // accum_steps)."""
-    total_steps: int
-    """Optimizer steps in the whole run (epochs x steps_per_epoch, capped by max_steps)."""
-    epochs: int
-    """Epochs the run will start (the last may be partial under max_steps)."""
-
-    @property
-    def amp(self) -> str:
-        """The effective precision: "off", "bf16" or "fp16"."""
-        return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
-
-    def autocast(self):
-        # Disabled autocast still needs a dtype the device accepts (float32 warns on CPU).
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                              enabled=self.amp_dtype is not None)
+__all__ = ["Built", "TrainResult", "build", "evaluate", "resolve_amp", "resolve_device",
+           "seed_everything", "train"]
 
 
 @dataclass
@@ -102,60 +65,6 @@ class TrainResult:
     wall_s: float
     device: str
     amp: str
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available")
-    return device
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """auto: off on CPU; on CUDA bf16 where supported, else fp16 (+ GradScaler)."""
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def build(config: TrainConfig) -> Built:
-    """Data, model, optimizer, scheduler and scaler for `config`, seeded; no step taken."""
-    cfg = config
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    amp_dtype = resolve_amp(cfg.amp, device)
-
-    data = build_datasets(cfg)
-    train_loader, val_loader = build_loaders(cfg, data, pin_memory=device.type == "cuda")
-    model = build_model(cfg, data.num_classes).to(device)
-    if "dead-units" in cfg.inject:
-        with torch.no_grad():
-            model.probe.bias.fill_(injections.DEAD_BIAS)
-    optimizer = build_optimizer(cfg, model)
-
-    steps_per_epoch = len(train_loader) // cfg.accum_steps
-    if steps_per_epoch == 0:
-        raise ValueError(f"accum_steps {cfg.accum_steps} exceeds the {len(train_loader)} batches of an epoch")
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = build_scheduler(cfg, optimizer, total_steps, epochs)
-    scaler = torch.amp.GradScaler(device.type, init_scale=cfg.init_scale, enabled=amp_dtype == torch.float16)
-    return Built(model, optimizer, scheduler, scaler, train_loader, val_loader, data, device, amp_dtype,
-                 steps_per_epoch, total_steps, epochs)
 
 
 class _Bare:
@@ -329,7 +238,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
     early_sched = "scheduler-before-optimizer" in inj
 
     stopped_early = False
-    leaked: list[Any] = []  # memory-leak only: never cleared
+    if "memory-leak" in inj:
+        # The bug: a "feature logging" hook that keeps every training activation of one layer,
+        # graph attached, in a list nobody empties (instead of output.detach().cpu(), cleared).
+        leaked: list[torch.Tensor] = []
+        model.leak_site.register_forward_hook(
+            lambda module, args, out: leaked.append(out) if torch.is_grad_enabled() else None)
     bar = StepProgress(b.total_steps, enabled=progress, file=progress_file, every=cfg.log_every,
                        start_step=st.step)
     with open_monitor(cfg, run_dir, b, overwrite=overwrite, recorder_options=recorder_options) as mon, bar:
@@ -365,8 +279,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
                 # Summed on the device and detached: `.item()` here would sync every step, and
                 # without detach() every step's autograd history would stay alive.
                 step_loss = step_loss + loss.detach()
-                if "memory-leak" in inj:
-                    leaked.append((x, loss))  # the bug: a batch and a graph kept per step
                 scaler.scale(loss).backward()
                 if micro < accum - 1:
                     continue

@@ -183,21 +183,21 @@ def test_schedule_injections(tmp_path, tiny, name):
         assert min(lr[:half]) > 0 and set(lr[half:]) == {0.0}
 
 
-def test_memory_leak_keeps_every_batch_alive(tmp_path, tiny, monkeypatch):
-    inputs, alive_at_eval = [], []
-    call = torch.nn.Module.__call__
+def test_memory_leak_keeps_every_activation_alive(tmp_path, tiny, monkeypatch):
+    outputs, alive_at_eval = [], []
 
-    def spy(self, *args, **kwargs):
-        if self.__class__.__name__ == "SmallCNN" and torch.is_grad_enabled():
-            inputs.append(weakref.ref(args[0]))
-        return call(self, *args, **kwargs)
+    def spy(cfg):
+        b = build(cfg)
+        b.model.leak_site.register_forward_hook(
+            lambda m, a, out: outputs.append(weakref.ref(out)) if torch.is_grad_enabled() else None)
+        return b
 
-    evaluate = loop.evaluate
-    monkeypatch.setattr(torch.nn.Module, "__call__", spy)
-    monkeypatch.setattr(loop, "evaluate", lambda *a: (alive_at_eval.append(sum(r() is not None for r in inputs)), evaluate(*a))[1])
+    build, evaluate = loop.build, loop.evaluate
+    monkeypatch.setattr(loop, "build", spy)
+    monkeypatch.setattr(loop, "evaluate", lambda *a: (alive_at_eval.append(sum(r() is not None for r in outputs)), evaluate(*a))[1])
     _run(tmp_path, tiny, "memory-leak", epochs=2)
     assert alive_at_eval == [8, 16]
-    inputs.clear()
+    outputs.clear()
     _run(tmp_path / "healthy", tiny, "softmax-before-cross-entropy", epochs=1)
     assert alive_at_eval[-1] <= 1
 
