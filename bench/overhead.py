@@ -129,6 +129,13 @@ def lightning_grad_norm(module: nn.Module, norm_type: float = 2.0) -> dict[str, 
     try:
         from lightning.pytorch.utilities import grad_norm
     except ImportError:
+        grad_norm = None
+    if grad_norm is None:
+        try:
+            from pytorch_lightning.utilities import grad_norm
+        except ImportError:
+            grad_norm = None
+    if grad_norm is None:
         # lightning.pytorch.utilities.grads.grad_norm, copied (Apache-2.0)
         def grad_norm(module, norm_type):
             norms = {f"grad_{norm_type}_norm/{name}": p.grad.data.norm(norm_type)
