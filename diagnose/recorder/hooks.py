@@ -81,10 +81,18 @@ def _global_targets() -> list[tuple[Any, str, Callable[[Callable], Callable]]]:
     return targets
 
 
+def _is_compiling() -> bool:
+    """Whether dynamo is tracing: then the wrappers pass straight through, so compiled
+    code is traced as without diagnose (no graph break on the recorder's own code)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and getattr(compiler, "is_compiling", bool)())
+
+
 def _wrap_backward(original: Callable) -> Callable:
     def backward(self, *args, **kwargs):
-        for listener in list(_listeners):
-            listener._safe(listener.on_backward, self)
+        if not _is_compiling():
+            for listener in list(_listeners):
+                listener._safe(listener.on_backward, self)
         return original(self, *args, **kwargs)
 
     return backward
@@ -94,6 +102,8 @@ def _wrap_clip(kind: str) -> Callable[[Callable], Callable]:
     def make(original: Callable) -> Callable:
         def clip(*args, **kwargs):
             result = original(*args, **kwargs)
+            if _is_compiling():
+                return result
             for listener in list(_listeners):
                 listener._safe(listener.on_clip, kind, args, kwargs, result)
             return result

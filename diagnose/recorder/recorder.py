@@ -78,7 +78,9 @@ class Recorder:
 
     def __init__(self, run_dir: str | Path, *, config: dict | None = None,
                  options: RecorderOptions | None = None, overwrite: bool = False,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, defer_params: bool = False) -> None:
+        """`defer_params=True`: the parameter table is fixed by `freeze_params()` (the
+        zero-code mode calls it once it knows the models), not by the first recorded call."""
         self.options = options or RecorderOptions()
         ranks = system.rank_info()
         self.rank = ranks["rank"]
@@ -101,6 +103,7 @@ class Recorder:
         self.param_names: list[str] = []
         self._param_ids: dict[int, int] = {}
         self._frozen = False
+        self._defer_params = defer_params
         self._broken = False
         self._closed = False
         self._t0 = time.perf_counter()
@@ -139,20 +142,27 @@ class Recorder:
 
     # ---- attaching ----------------------------------------------------------------------
     def watch(self, model=None, optimizer=None, scheduler=None, scaler=None, *,
-              models=(), optimizers=(), schedulers=(), scalers=()) -> None:
-        """Attach hooks to more objects (any may be None)."""
-        for m in [model, *models]:
-            if m is not None and all(m is not x for x in self.models):
-                self._attach_model(m)
-        for o in [optimizer, *optimizers]:
-            if o is not None and all(o is not x for x in self.optimizers):
-                self._attach_optimizer(o)
-        for s in [scheduler, *schedulers]:
-            if s is not None and all(s is not x for x in self.schedulers):
-                self._attach_scheduler(s)
-        for s in [scaler, *scalers]:
-            if s is not None and all(s is not x for x in self.scalers):
-                self._attach_scaler(s)
+              models=(), optimizers=(), schedulers=(), scalers=(),
+              instance_hooks: bool = True) -> None:
+        """Attach hooks to more objects (any may be None).
+
+        `instance_hooks=False` only registers the objects (their index, the parameter
+        table, the `objects` record): the caller routes their calls to the `on_*` methods
+        itself. The zero-code mode does this with class-level wrappers and torch's global
+        hooks, so nothing is stored on the user's objects (a hook or wrapper kept in an
+        instance's `__dict__` travels with `copy.deepcopy` and breaks pickling).
+        """
+        lists = ((self.models, self._attach_model, [model, *models]),
+                 (self.optimizers, self._attach_optimizer, [optimizer, *optimizers]),
+                 (self.schedulers, self._attach_scheduler, [scheduler, *schedulers]),
+                 (self.scalers, self._attach_scaler, [scaler, *scalers]))
+        for known, attach, objs in lists:
+            for obj in objs:
+                if obj is not None and all(obj is not x for x in known):
+                    if instance_hooks:
+                        attach(obj)
+                    else:
+                        known.append(obj)
         self._write_objects()
 
     def _attach_model(self, model: torch.nn.Module) -> None:
@@ -249,6 +259,10 @@ class Recorder:
         self.patches.wrap_method(scaler, "step", make_step)
         self.patches.wrap_method(scaler, "update", make_update)
 
+    def freeze_params(self) -> None:
+        """Fix the parameter table now (with `defer_params`; otherwise it happens itself)."""
+        self._freeze_params()
+
     def _freeze_params(self) -> None:
         """Fix the parameter table (Arrow columns) at the first recorded call."""
         if self._frozen:
@@ -337,7 +351,7 @@ class Recorder:
         return round(time.perf_counter() - self._t0, 6)
 
     def _token(self, name: str, flags: str | None = None) -> list:
-        if not self._frozen:
+        if not self._frozen and not self._defer_params:
             self._freeze_params()
         token = [name, flags]
         self._calls.append(token)
@@ -357,18 +371,13 @@ class Recorder:
     def on_forward_pre(self, index: int, module: torch.nn.Module, args: tuple) -> None:
         training = module.training
         grad = torch.is_grad_enabled()
-        inference = torch.is_inference_mode_enabled()
         if training and grad:
             self._open_if_stepped()
-        flags = ("T" if training else "E") + ("I" if inference else ("G" if grad else "N"))
-        self._last_forward = self._token(f"model{index}.forward", flags)
+        self._last_forward = self._token(f"model{index}.forward", forward_flags(training))
         if training and grad and index == 0:
-            first = _first_tensor(args)
-            if first is not None and first.dim() > 0:
-                self._cur.samples += int(first.shape[0])
-                if not first.is_floating_point() and not first.is_complex() \
-                        and first.dtype != torch.bool:
-                    self._cur.tokens += first.numel()
+            samples, tokens = batch_size(args)
+            self._cur.samples += samples
+            self._cur.tokens += tokens
 
     def on_forward(self, index: int, output: Any) -> None:
         if not torch.is_grad_enabled():
@@ -461,6 +470,9 @@ class Recorder:
         self._wait_pending += seconds
 
     def set_epoch(self, epoch: int) -> None:
+        # A new epoch is a step boundary: the step that ended the previous epoch is
+        # closed now, so it keeps the previous epoch's number.
+        self._safe(self._open_if_stepped)
         self.epoch = epoch
         self.event("epoch", epoch=epoch)
 
@@ -618,6 +630,26 @@ def _run_length(tokens: list[str]) -> list[str]:
             out.append(token if count == 1 else f"{token}*{count}")
             count = 0
     return out
+
+
+def forward_flags(training: bool) -> str:
+    """The flags of a `modelN.forward[...]` token from the mode and autograd state now."""
+    if torch.is_inference_mode_enabled():
+        grad = "I"
+    else:
+        grad = "G" if torch.is_grad_enabled() else "N"
+    return ("T" if training else "E") + grad
+
+
+def batch_size(args: Any) -> tuple[int, int]:
+    """(samples, tokens) of a forward's inputs: first dimension of the first tensor, and
+    its element count when it holds integers (token ids)."""
+    first = _first_tensor(args)
+    if first is None or first.dim() == 0:
+        return 0, 0
+    integer = not first.is_floating_point() and not first.is_complex() \
+        and first.dtype != torch.bool
+    return int(first.shape[0]), (first.numel() if integer else 0)
 
 
 def _scalar(values: np.ndarray | None) -> float | None:

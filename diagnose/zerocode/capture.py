@@ -1,0 +1,101 @@
+"""Warnings and checkpoints the script produces, as events.
+
+- `warnings.showwarning` is wrapped: every warning Python *shows* (after the script's
+  filters; a warning filtered out or caught by `catch_warnings(record=True)` is not
+  shown and not recorded) becomes a `warning` event, then is printed exactly as before.
+  A warning torch raises with `stacklevel=2` from inside a wrapped method (the
+  scheduler's "lr_scheduler.step() before optimizer.step()") would point at diagnose's
+  wrapper; its location is moved back to the script's line, as without diagnose.
+- torch warns when `torch.compile(module)` is called while global module hooks exist
+  (ours). That warning is about diagnose, not the script, so a filter ignores it.
+- `torch.save` is wrapped: each save becomes a `checkpoint` event with the path and the
+  top-level keys of a saved dict (a bare `state_dict` — all values tensors — is marked
+  `tensors_only`), so a report can say a checkpoint lacks the optimizer state.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.serialization
+
+from diagnose.zerocode.classpatch import ClassPatches
+
+if TYPE_CHECKING:
+    from diagnose.zerocode.session import Session
+
+MAX_WARNINGS = 500
+MAX_KEYS = 64
+_WRAPPER_DIR = str(Path(__file__).resolve().parent)
+_COMPILE_HOOKS_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
+
+
+def install(session: "Session", patches: ClassPatches) -> None:
+    original = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(_WRAPPER_DIR):
+            filename, lineno, line = script_location(filename, lineno, line)
+        if session.on:
+            session.safe(session.on_warning, message, category, filename, lineno)
+        return original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+
+    def undo() -> None:
+        if warnings.showwarning is showwarning:
+            warnings.showwarning = original
+
+    patches.add(undo)
+    warnings.filterwarnings("ignore", message=_COMPILE_HOOKS_WARNING, category=UserWarning)
+    added = warnings.filters[0]
+
+    def remove_filter() -> None:
+        if added in warnings.filters:
+            warnings.filters.remove(added)
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+
+    patches.add(remove_filter)
+    for owner in (torch, torch.serialization):
+        patches.wrap(owner, "save", _make_save(session))
+
+
+def script_location(filename: str, lineno: int, line: Any) -> tuple[str, int, Any]:
+    """The first frame above diagnose's wrapper at `filename:lineno` (the caller's line)."""
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_code.co_filename == filename
+                                     and frame.f_lineno == lineno):
+        frame = frame.f_back
+    while frame is not None and frame.f_code.co_filename.startswith(_WRAPPER_DIR):
+        frame = frame.f_back
+    if frame is None:
+        return filename, lineno, line
+    return frame.f_code.co_filename, frame.f_lineno, None
+
+
+def _make_save(session: "Session"):
+    def make(original):
+        def save(obj, f, *args, **kwargs):
+            result = original(obj, f, *args, **kwargs)
+            if session.on:
+                session.safe(session.on_checkpoint, describe_checkpoint(obj, f))
+            return result
+        return save
+    return make
+
+
+def describe_checkpoint(obj: Any, f: Any) -> dict:
+    """The `checkpoint` event's fields for `torch.save(obj, f)` (no tensor is read)."""
+    path = os.fspath(f) if isinstance(f, (str, os.PathLike)) else f"<{type(f).__name__}>"
+    record: dict[str, Any] = {"path": str(path), "object": type(obj).__name__}
+    if isinstance(obj, dict):
+        keys = [str(k) for k in obj.keys()]
+        record["keys"] = sorted(keys)[:MAX_KEYS]
+        record["n_keys"] = len(keys)
+        record["tensors_only"] = bool(obj) and all(isinstance(v, torch.Tensor)
+                                                   for v in obj.values())
+    return record

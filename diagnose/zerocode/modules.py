@@ -1,0 +1,139 @@
+"""Module-side discovery: torch's global forward hooks, and Module.train/zero_grad/compile.
+
+The global hooks (`register_module_forward_pre_hook`, `register_module_forward_hook`) see
+every module call in the process. A depth counter keeps only the outermost call (the one
+made while no other module's forward runs); everything else costs two counter updates.
+Inside `torch.compile`d code the hooks do nothing (`torch.compiler.is_compiling()` is
+constant True while dynamo traces them), so compiled graphs neither break nor recompile.
+
+`Module.train` (which `eval()` calls) and `Module.zero_grad` are wrapped on the class;
+`Module.compile` (in-place compilation) is noted, because such a module's own forward
+then runs inside dynamo where no hook can see it, and so is `torch.compile` applied to a
+function (a compiled training step).
+
+Inside compiled code (`is_compiling()`), every hook and wrapper of the zero-code mode
+passes straight through: dynamo traces the script exactly as without diagnose (no graph
+break, no recompilation, no warning about diagnose's own code), and the calls made there
+are not recorded; the `not_recorded` events say so.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.modules.module as module_mod
+
+from diagnose.zerocode.classpatch import ClassPatches
+
+if TYPE_CHECKING:
+    from diagnose.zerocode.session import Session
+
+try:
+    from torch.compiler import is_compiling
+except ImportError:  # torch < 2.3
+    try:
+        from torch._dynamo import is_compiling
+    except ImportError:
+        def is_compiling() -> bool:
+            return False
+
+_is_compiling = is_compiling
+
+
+class ForwardWatch:
+    """Routes the outermost module calls to the session."""
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+        self.depth = 0
+
+    def install(self, patches: ClassPatches) -> None:
+        pre = module_mod.register_module_forward_pre_hook(self._pre)
+        patches.add(pre.remove)
+        try:
+            post = module_mod.register_module_forward_hook(self._post, always_call=True)
+        except TypeError:  # torch without always_call: an exception in forward skews depth
+            post = module_mod.register_module_forward_hook(self._post)
+        patches.add(post.remove)
+
+    def _pre(self, module, args):
+        if _is_compiling():
+            return None
+        depth = self.depth
+        self.depth = depth + 1
+        if depth == 0 and self.session.on:
+            self.session.top_forward_pre(module, args)
+        return None
+
+    def _post(self, module, args, output):
+        if _is_compiling():
+            return None
+        depth = self.depth - 1
+        self.depth = depth if depth > 0 else 0
+        if depth <= 0 and self.session.on:
+            self.session.top_forward_post(module, output)
+        return None
+
+
+def install(session: "Session", patches: ClassPatches) -> ForwardWatch:
+    """Install the global forward hooks and the Module method wrappers."""
+    watch = ForwardWatch(session)
+    watch.install(patches)
+    patches.wrap(torch.nn.Module, "train", _make_train(session))
+    patches.wrap(torch.nn.Module, "zero_grad", _make_zero_grad(session))
+    patches.wrap(torch.nn.Module, "compile", _make_compile(session))
+    patches.wrap(torch, "compile", _make_torch_compile(session))
+    return watch
+
+
+def _make_train(session: "Session"):
+    def make(original):
+        def train(self, mode=True):
+            # Module.train recurses through the children: only the outermost call counts.
+            if not session.on or session.in_train_call or _is_compiling():
+                return original(self, mode)
+            session.in_train_call = True
+            try:
+                session.safe(session.on_module_mode, self, bool(mode))
+                return original(self, mode)
+            finally:
+                session.in_train_call = False
+        return train
+    return make
+
+
+def _make_zero_grad(session: "Session"):
+    def make(original):
+        def zero_grad(self, *args, **kwargs):
+            if session.on and not _is_compiling():
+                session.safe(session.on_module_zero_grad, self)
+            return original(self, *args, **kwargs)
+        return zero_grad
+    return make
+
+
+def _make_compile(session: "Session"):
+    def make(original):
+        def compile(self, *args, **kwargs):  # noqa: A001 - the method's own name
+            result = original(self, *args, **kwargs)
+            if session.on:
+                session.safe(session.on_module_compiled, self)
+            return result
+        return compile
+    return make
+
+
+def _make_torch_compile(session: "Session"):
+    def make(original):
+        def compile(*args, **kwargs):  # noqa: A001 - torch.compile's own name
+            result = original(*args, **kwargs)
+            target = args[0] if args else kwargs.get("model")
+            # torch.compile(backend=...) used as a decorator comes back with the function;
+            # Module.compile() compiles the module's bound _call_impl (noted on its own)
+            owner = getattr(target, "__self__", None)
+            if session.on and target is not None and not isinstance(target, torch.nn.Module) \
+                    and not isinstance(owner, torch.nn.Module):
+                session.safe(session.on_function_compiled, target)
+            return result
+        return compile
+    return make

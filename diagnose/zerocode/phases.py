@@ -1,0 +1,57 @@
+"""Evaluation phases inferred from the call order, without code (`phase:val` tokens).
+
+A script run unchanged cannot say "this is validation", so the zero-code mode infers it
+when a step's calls are written (by then every backward of the step has run, so each
+forward's `B` flag is final):
+
+- an *evaluation forward* is a forward of a model that no backward reached (no `B`),
+  whatever its mode and grad state (eval() + no_grad, or buggy: train mode, grad on);
+- `phase:val` goes before the first evaluation forward after training, moved back over
+  the `modelN.eval` calls just before it;
+- `phase:train` goes before the next training call (zero_grad, a forward a backward
+  reached, backward, scaler or optimizer calls, clipping) or the `modelN.train` call
+  that ends the evaluation, whichever comes first.
+
+Scheduler steps and `scalerN.update` belong to no phase (ReduceLROnPlateau steps on the
+validation loss inside the evaluation). Validation and test cannot be told apart: both
+are `val`.
+"""
+from __future__ import annotations
+
+from diagnose.rundir import schema
+
+TRAIN = "train"
+VAL = "val"
+PHASE_PREFIX = "phase:"
+
+
+def _is_forward(name: str) -> bool:
+    return name.endswith(".forward")
+
+
+def _is_eval_forward(token: list) -> bool:
+    return _is_forward(token[0]) and schema.FLAG_BACKPROP not in (token[1] or "")
+
+
+def _is_neutral(name: str) -> bool:
+    return (name.startswith(PHASE_PREFIX)
+            or (name.startswith("sched") and name.endswith(".step"))
+            or name.endswith(".update") or name.endswith(".eval"))
+
+
+def insert_phases(tokens: list[list], phase: str) -> tuple[list[list], str]:
+    """`tokens` ([name, flags] pairs) with phase tokens inserted, and the phase at the end."""
+    out: list[list] = []
+    for token in tokens:
+        name = token[0]
+        if phase == TRAIN and _is_eval_forward(token):
+            at = len(out)
+            while at > 0 and out[at - 1][0].endswith(".eval"):
+                at -= 1
+            out.insert(at, [PHASE_PREFIX + VAL, None])
+            phase = VAL
+        elif phase == VAL and not _is_eval_forward(token) and not _is_neutral(name):
+            out.append([PHASE_PREFIX + TRAIN, None])
+            phase = TRAIN
+        out.append(token)
+    return out, phase

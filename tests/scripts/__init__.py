@@ -1,0 +1,67 @@
+"""Plain PyTorch training scripts for the zero-code mode (`diagnose run SCRIPT`).
+
+None of them imports diagnose: each is a small, realistic CPU loop run unchanged, as a
+user's `train.py` would be. Buggy scripts are named after the rule (RULES.md) they should
+trigger. `SCRIPTS` maps each file to what a report on its run should say:
+
+- `rules`: rules that must fire (empty for a healthy script: then nothing at warning or
+  error may fire);
+- `allowed`: rules that may also fire without being a false alarm (consequences of the
+  bug, e.g. NaN weights after a NaN loss), and nothing else may;
+- `exit_code`: the script's own exit code (`diagnose run` passes it through).
+
+tests/zerocode/test_scripts.py records every script and checks what was recorded; the
+rules' tests add the rule-firing assertions from this table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ScriptCase:
+    rules: tuple[str, ...] = ()
+    allowed: tuple[str, ...] = ()
+    exit_code: int = 0
+
+
+SCRIPTS: dict[str, ScriptCase] = {
+    # healthy, in different styles
+    "healthy_mlp_onecycle.py": ScriptCase(),
+    "healthy_cnn_batchnorm_workers.py": ScriptCase(),
+    "healthy_gru_plateau.py": ScriptCase(),
+    "healthy_transformer_bf16.py": ScriptCase(),
+    "healthy_fp16_scaler_accumulation.py": ScriptCase(),
+    "healthy_two_optimizers.py": ScriptCase(),
+    "healthy_compiled.py": ScriptCase(),
+    # how a script ends
+    "crashes_with_exception.py": ScriptCase(exit_code=1),
+    "exits_with_code_3.py": ScriptCase(exit_code=3),
+    "never_trains.py": ScriptCase(),
+    # buggy: named after the rule they should trigger
+    "eval_without_eval_mode.py": ScriptCase(rules=("eval-without-eval-mode",)),
+    "eval_with_grad.py": ScriptCase(rules=("eval-with-grad",)),
+    "train_mode_not_restored.py": ScriptCase(rules=("train-mode-not-restored",)),
+    "scheduler_before_optimizer.py": ScriptCase(rules=("scheduler-before-optimizer",),
+                                                allowed=("framework-warning",)),
+    "scheduler_never_stepped.py": ScriptCase(rules=("scheduler-never-stepped",)),
+    "missing_zero_grad.py": ScriptCase(rules=("missing-zero-grad",),
+                                       allowed=("gradient-explosion", "loss-divergence")),
+    "zero_grad_before_step.py": ScriptCase(rules=("zero-grad-before-step",),
+                                           allowed=("params-not-updated", "loss-plateau")),
+    "clip_before_unscale.py": ScriptCase(rules=("clip-before-unscale",),
+                                         allowed=("update-ratio", "loss-plateau")),
+    "nan_loss_at_step.py": ScriptCase(
+        rules=("nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters"),
+        allowed=("nonfinite-inputs",)),
+    "loss_accumulated_as_tensor.py": ScriptCase(rules=("memory-leak",)),
+    "param_not_in_optimizer.py": ScriptCase(rules=("params-not-updated",)),
+    "onecycle_stepped_per_epoch.py": ScriptCase(rules=("scheduler-step-frequency",)),
+}
+
+
+def script_path(name: str) -> Path:
+    return HERE / name

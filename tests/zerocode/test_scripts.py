@@ -1,0 +1,250 @@
+"""Every plain script in tests/scripts, recorded unchanged by `python -m diagnose.zerocode`.
+
+One test per script (each script is recorded once, in its own process): the exit code
+and status, then what the recorder must have seen in that script — steps, call order,
+evaluation forward flags, inferred phases, losses, scheduler and scaler calls.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import pyarrow.ipc as ipc
+import pytest
+
+from tests.scripts import SCRIPTS
+from tests.zerocode._helpers import Run, record
+
+TRAIN_STEP = ["opt0.zero_grad", "model0.forward[TGB]", "backward", "opt0.step"]
+
+
+def _printed(run: Run, pattern: str) -> list[float]:
+    return [float(v) for v in re.findall(pattern, run.stdout, re.MULTILINE)]
+
+
+def _loss_series(run: Run) -> list[float]:
+    return [s["loss"] for s in run.steps]
+
+
+def check_healthy_mlp_onecycle(run: Run) -> None:
+    assert len(run.steps) == 36
+    printed = _printed(run, r"^loss (\S+)$")
+    assert len(printed) == 36
+    assert _loss_series(run) == pytest.approx(printed, rel=1e-6)  # the tensor backward() got
+    by_step = run.calls_by_step()
+    assert by_step[0] == ["model0.train", "opt0.zero_grad", "model0.forward[TGB]", "backward",
+                          "clip_grad_norm_", "opt0.step", "sched0.step"]
+    assert by_step[11][-6:] == ["phase:val", "model0.eval", "model0.forward[EN]",
+                                "model0.forward[EN]", "phase:train", "model0.train"]
+    lrs = [s["lr"][0] for s in run.steps]
+    assert max(lrs) > 10 * lrs[0] and lrs[-1] < lrs[0]  # the one-cycle shape
+    assert all(s["clip_max"] == 1.0 and s["samples"] == 32 for s in run.steps)
+    assert [p["name"] for p in run.params] == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert all(p["optimizer"] == 0 for p in run.params)
+    assert not run.kind("warning") and not run.kind("recorder_error")
+
+
+def check_healthy_cnn_batchnorm_workers(run: Run) -> None:
+    assert len(run.steps) == 16
+    assert [s["epoch"] for s in run.steps] == [0] * 8 + [1] * 8  # inferred from the loader
+    assert sum(s["data_wait_s"] for s in run.steps) > 0  # worker processes, timed
+    by_step = run.calls_by_step()
+    assert by_step[7][-6:] == ["sched0.step", "phase:val", "model0.eval",
+                               "model0.forward[EI]",  # inference_mode evaluation
+                               "phase:train", "model0.train"]
+    assert run.calls.count("sched0.step") == 2
+    assert run.objects["models"] == [{"index": 0, "class": "SmallCNN"}]
+    assert run.params[0]["module_type"] == "Conv2d"
+
+
+def check_healthy_gru_plateau(run: Run) -> None:
+    assert len(run.steps) == 24
+    metrics = [m["metrics"]["scheduler_metric"] for m in run.kind("metrics")]
+    assert metrics == pytest.approx(_printed(run, r"val_loss ([0-9.e-]+)"))
+    assert run.calls_by_step()[7][-6:] == ["phase:val", "model0.eval", "model0.forward[EN]",
+                                           "sched0.step", "phase:train", "model0.train"]
+    assert run.calls.count("model0.zero_grad") == 24
+    assert run.objects["schedulers"][0]["class"] == "ReduceLROnPlateau"
+
+
+def check_healthy_transformer_bf16(run: Run) -> None:
+    assert len(run.steps) == 16
+    assert all(len(s["lr"]) == 2 for s in run.steps)  # two parameter groups
+    assert all(s["samples"] == 16 and s["tokens"] == 256 for s in run.steps)
+    assert run.calls_by_step()[3] == ["model0.forward[TGB]", "opt0.zero_grad", "backward",
+                                      "opt0.step", "sched0.step"]
+    groups = {p["name"]: p["group"] for p in run.params}
+    assert groups["pos"] == 0 and groups["norm.bias"] == 1
+
+
+def check_healthy_fp16_scaler_accumulation(run: Run) -> None:
+    assert len(run.steps) == 8
+    assert all(s["micro_batches"] == 4 and s["samples"] == 64 for s in run.steps)
+    assert run.steps[0]["scale"] == 65536.0
+    skipped = [s["step"] for s in run.steps if s["scale_after"] < s["scale"]]
+    assert skipped  # fp16 on CPU really overflows and the GradScaler skips
+    by_step = run.calls_by_step()
+    for step, tokens in by_step.items():
+        if step >= 8:
+            continue
+        body = [t for t in tokens if t != "opt0.zero_grad"]
+        assert body[:12] == ["model0.forward[TGB]", "scaler0.scale", "backward"] * 4
+        tail = ["scaler0.unscale_", "clip_grad_norm_", "scaler0.step"] + \
+            ([] if step in skipped else ["opt0.step"]) + ["scaler0.update", "sched0.step"]
+        assert body[12:] == tail
+    assert all(math.isfinite(s["loss"]) and s["loss"] < 100 for s in run.steps)  # unscaled
+
+
+def check_healthy_two_optimizers(run: Run) -> None:
+    assert len(run.steps) == 40  # two optimizer steps per iteration
+    assert len(run.objects["models"]) == 2 and len(run.objects["optimizers"]) == 2
+    # the generator's forward runs in the discriminator's step and is backpropagated in
+    # its own: it must still carry B (not look like an evaluation forward)
+    forwards = [t for t in run.calls if ".forward" in t]
+    assert forwards and all(t.endswith("B]") for t in forwards)
+    assert "phase:val" not in run.calls
+
+
+def check_healthy_compiled(run: Run) -> None:
+    assert len(run.steps) == 12
+    notes = run.kind("not_recorded")
+    assert [n["what"] for n in notes] == ["compiled-submodules"]
+    assert "global hooks" not in run.stderr and not run.kind("warning")
+    assert run.calls_by_step()[11][-3:] == ["phase:val", "model0.eval", "model0.forward[EN]"]
+    assert [p["name"] for p in run.params][:2] == ["0.weight", "0.bias"]  # not _orig_mod.
+
+
+def check_crashes_with_exception(run: Run) -> None:
+    assert run.status["status"] == "crashed" and "corrupt record" in run.status["error"]
+    assert len(run.steps) == 6
+    tb = run.stderr[run.stderr.index("Traceback (most recent call last):"):]
+    assert "crashes_with_exception.py" in tb.splitlines()[1]  # starts in the script
+    assert "runpy" not in tb and "diagnose" not in tb.split("RuntimeError")[0]
+    assert "RuntimeError: corrupt record in shard 3 (batch 6)" in tb
+    assert run.kind("exception")[0]["type"] == "RuntimeError"
+
+
+def check_exits_with_code_3(run: Run) -> None:
+    assert run.status["status"] == "crashed" and run.status["error"] == "exited with code 3"
+    assert len(run.steps) == 5
+    assert "giving up" in run.stderr
+
+
+def check_never_trains(run: Run) -> None:
+    assert run.status["status"] == "finished" and run.status["steps"] == 0
+    assert run.steps == []
+    note = run.kind("no_optimizer_step")[0]
+    assert note["optimizers"] == 1 and note["backward_calls"] == 0
+    assert "no optimizer step was recorded" in note["message"]
+    assert run.calls == ["phase:val", "model0.eval"] + ["model0.forward[EN]"] * 3
+
+
+def check_eval_without_eval_mode(run: Run) -> None:
+    assert len(run.steps) == 24
+    assert run.calls_by_step()[7][-4:] == ["phase:val", "model0.forward[TN]", "phase:train",
+                                           "model0.train"]
+    assert "model0.eval" not in run.calls
+
+
+def check_eval_with_grad(run: Run) -> None:
+    assert run.calls_by_step()[7][-6:] == ["phase:val", "model0.eval", "model0.forward[EG]",
+                                           "model0.forward[EG]", "phase:train", "model0.train"]
+    assert run.calls.count("model0.forward[EG]") == 6
+
+
+def check_train_mode_not_restored(run: Run) -> None:
+    by_step = run.calls_by_step()
+    assert by_step[0][:3] == ["model0.train", "opt0.zero_grad", "model0.forward[TGB]"]
+    assert by_step[8][:3] == ["phase:train", "opt0.zero_grad", "model0.forward[EGB]"]
+    assert run.calls.count("model0.train") == 1
+
+
+def check_scheduler_before_optimizer(run: Run) -> None:
+    for tokens in run.calls_by_step().values():
+        assert tokens == ["opt0.zero_grad", "model0.forward[TGB]", "backward", "sched0.step",
+                          "opt0.step"]
+    warning = run.kind("warning")[0]
+    assert "before `optimizer.step()`" in warning["message"]
+    # the location is the script's line, as without diagnose
+    assert warning["filename"].endswith("scheduler_before_optimizer.py")
+    assert warning["lineno"] == 18 and "scheduler_before_optimizer.py:18" in run.stderr
+
+
+def check_scheduler_never_stepped(run: Run) -> None:
+    assert run.objects["schedulers"][0]["class"] == "CosineAnnealingLR"
+    assert "sched0.step" not in run.calls
+    assert {s["lr"][0] for s in run.steps} == {0.01}
+
+
+def check_missing_zero_grad(run: Run) -> None:
+    assert len(run.steps) == 20
+    assert not [t for t in run.calls if "zero_grad" in t]
+    assert run.steps[-1]["grad_norm"] > 5 * run.steps[0]["grad_norm"]  # gradients pile up
+
+
+def check_zero_grad_before_step(run: Run) -> None:
+    for tokens in run.calls_by_step().values():
+        assert tokens == ["model0.forward[TGB]", "backward", "opt0.zero_grad", "opt0.step"]
+    assert all(s.get("grad_norm") is None for s in run.steps)  # set_to_none: nothing to step
+
+
+def check_clip_before_unscale(run: Run) -> None:
+    for step, tokens in run.calls_by_step().items():
+        assert "scaler0.unscale_" not in tokens
+        assert tokens.index("clip_grad_norm_") < tokens.index("scaler0.step")
+    assert all(s["clip_norm"] > 1000 for s in run.steps)  # the scaled norm was clipped
+    assert all(s["grad_norm"] < 1e-3 for s in run.steps)  # to 1/65536 after unscaling
+
+
+def check_nan_loss_at_step(run: Run) -> None:
+    losses = _loss_series(run)
+    assert all(math.isfinite(v) for v in losses[:8])
+    assert len(losses) == 32 and all(v == "nan" for v in losses[8:])
+    assert run.steps[8]["nonfinite_grads"]
+    assert "diagnose: at step 8 the loss is nan" in run.stderr
+
+
+def check_loss_accumulated_as_tensor(run: Run) -> None:
+    rss = [s["rss_bytes"] for s in run.steps]
+    assert len(rss) == 60 and rss[-1] - rss[5] > 30e6
+
+
+def check_param_not_in_optimizer(run: Run) -> None:
+    owner = {p["name"]: p["optimizer"] for p in run.params}
+    assert owner["head.weight"] is None and owner["head.bias"] is None
+    assert owner["encoder.0.weight"] == 0
+    table = ipc.open_stream(run.rank / "grad_norms.arrow").read_all().to_pandas()
+    head = next(p["index"] for p in run.params if p["name"] == "head.weight")
+    assert (table[f"p{head}"] > 0).all()  # it gets gradients every step
+
+
+def check_onecycle_stepped_per_epoch(run: Run) -> None:
+    by_step = run.calls_by_step()
+    assert [s for s, tokens in by_step.items() if "sched0.step" in tokens] == [7, 15, 23, 31]
+    assert run.objects["schedulers"][0]["config"]["total_steps"] == 32
+
+
+CHECKS = {name: globals()[f"check_{name[:-3]}"] for name in SCRIPTS}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_script_recorded(name, tmp_path):
+    case = SCRIPTS[name]
+    run = record(name, tmp_path / "run")
+    assert run.returncode == case.exit_code, run.stderr[-3000:]
+    assert f"diagnose: run directory {tmp_path / 'run'}" in run.stderr
+    assert run.status["status"] == ("finished" if case.exit_code == 0 else "crashed")
+    assert not run.kind("recorder_error"), run.kind("recorder_error")
+    start = run.meta[0]
+    assert start["config"]["zero_code"]["script"].endswith(name)
+    CHECKS[name](run)
+
+
+def test_every_script_is_indexed_and_plain():
+    from tests.scripts import HERE
+
+    files = {p.name for p in HERE.glob("*.py")} - {"__init__.py", "synthetic_data.py"}
+    assert files == set(SCRIPTS)
+    for name in files | {"synthetic_data.py"}:
+        text = (HERE / name).read_text()
+        assert "import diagnose" not in text and "from diagnose" not in text
