@@ -112,9 +112,10 @@ def build_datasets(cfg) -> TaskData:
     index = {ch: i for i, ch in enumerate(vocab)}
     data = torch.tensor([index[ch] for ch in text], dtype=torch.long)
     split = int(len(data) * (1 - cfg.val_fraction))
-    # Overlapping windows (half a block apart) double the training samples of a short text;
-    # validation windows do not overlap, so each character is scored once.
-    train = CharWindows(data[:split], cfg.block_size, max(1, cfg.block_size // 2))
+    # Overlapping windows (an eighth of a block apart) make ~750 training samples of the
+    # shipped ~7 KB text: 12 steps per epoch at batch 64, 60 in the default 5 epochs.
+    # Validation windows do not overlap, so each character is scored once.
+    train = CharWindows(data[:split], cfg.block_size, max(1, cfg.block_size // 8))
     val = CharWindows(data[split:], cfg.block_size, cfg.block_size)
     return TaskData(train, val, len(vocab), vocab)
 

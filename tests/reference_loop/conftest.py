@@ -8,7 +8,7 @@ from reference_loop.config import TrainConfig
 # One thread: deterministic, and faster than two on a shared 2-core machine.
 TINY = dict(device="cpu", train_samples=256, val_samples=80, batch_size=32, width=8, epochs=2, num_threads=1,
             monitor=False, checkpoint_every=0, log_every=1)
-TINY_CHARS = dict(device="cpu", task="chars", n_embd=32, n_layer=1, n_head=2, block_size=32, batch_size=16,
+TINY_CHARS = dict(device="cpu", task="chars", n_embd=32, n_layer=1, n_head=2, block_size=32, batch_size=64,
                   epochs=2, num_threads=1, monitor=False, checkpoint_every=0, log_every=1)
 
 
