@@ -14,11 +14,73 @@ from __future__ import annotations
 
 import functools
 import threading
+import types
+import weakref
 from typing import Any, Callable
 
 import torch
 
 _MISSING = object()
+
+
+def _inert(*args, **kwargs):
+    return None
+
+
+class Callback:
+    """A hook function that survives `torch.save(model)` and `copy.deepcopy(model)`.
+
+    torch keeps hooks in the module's dicts, so pickling a watched model would try to
+    pickle the recorder (threads, open files) and fail. A copy gets an inert hook instead.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self):
+        return (_make_inert, ())
+
+
+def _make_inert() -> Callback:
+    return Callback(_inert)
+
+
+class _ClassPatch:
+    """One class method replaced by a dispatcher to per-instance wrappers."""
+
+    def __init__(self, cls: type, name: str) -> None:
+        self.cls, self.name = cls, name
+        self.own = cls.__dict__.get(name, _MISSING)  # defined on this class itself?
+        self.original = getattr(cls, name)
+        self.instances: dict[int, tuple[Any, Callable]] = {}
+        original, instances = self.original, self.instances
+
+        @functools.wraps(original)
+        def dispatch(this, *args, **kwargs):
+            found = instances.get(id(this))
+            if found is not None and found[0]() is this:
+                return found[1](*args, **kwargs)
+            return original(this, *args, **kwargs)
+
+        dispatch.__diagnose_wrapped__ = True  # type: ignore[attr-defined]
+        setattr(cls, name, dispatch)
+
+    def restore(self) -> None:
+        if self.own is _MISSING:
+            try:
+                delattr(self.cls, self.name)
+            except AttributeError:
+                pass
+        else:
+            setattr(self.cls, self.name, self.own)
+
+
+_class_patches: dict[tuple[type, str], _ClassPatch] = {}
 
 
 class Patches:
@@ -32,9 +94,42 @@ class Patches:
         self._undo.append(removable.remove)
 
     def wrap_method(self, obj: Any, name: str, make: Callable[[Callable], Callable]) -> None:
-        """Replace `obj.name` by `make(original_bound_method)` on the instance only."""
+        """Route calls of `obj.name` through `make(original_bound_method)`.
+
+        The wrapper is installed on the object's *class*, dispatching by object identity,
+        not stored on the instance: an instance attribute would end up in
+        `LRScheduler.state_dict()` (it returns `__dict__`, so `torch.save` of it fails),
+        be copied by `copy.deepcopy(model)` (an EMA copy would call the original's
+        method) and break pickling. Other instances of the class are untouched. Where the
+        instance already carries its own attribute of that name (someone else's wrapper),
+        ours wraps it on the instance as a last resort.
+        """
+        if name in getattr(obj, "__dict__", {}):
+            self._wrap_instance(obj, name, make)
+            return
+        cls = type(obj)
+        key = (cls, name)
+        with _lock:
+            entry = _class_patches.get(key)
+            if entry is None:
+                entry = _ClassPatch(cls, name)
+                _class_patches[key] = entry
+            original = types.MethodType(entry.original, obj)
+            wrapper = make(original)
+            entry.instances[id(obj)] = (weakref.ref(obj), wrapper)
+
+        def undo() -> None:
+            with _lock:
+                entry.instances.pop(id(obj), None)
+                if not entry.instances:
+                    entry.restore()
+                    _class_patches.pop(key, None)
+
+        self._undo.append(undo)
+
+    def _wrap_instance(self, obj: Any, name: str, make: Callable[[Callable], Callable]) -> None:
         original = getattr(obj, name)
-        previous = obj.__dict__.get(name, _MISSING) if hasattr(obj, "__dict__") else _MISSING
+        previous = obj.__dict__.get(name, _MISSING)
         wrapper = make(original)
         functools.update_wrapper(wrapper, original)
         wrapper.__diagnose_wrapped__ = True  # type: ignore[attr-defined]

@@ -198,3 +198,27 @@ def test_exception_marks_run_crashed(tmp_path):
     assert meta[-1]["status"] == "crashed" and "bad batch" in meta[-1]["error"]
     events = _lines(tmp_path / "run" / "rank0" / "events.jsonl")
     assert any(e["kind"] == "exception" and e["type"] == "ValueError" for e in events)
+
+
+def test_watched_objects_still_save_copy_and_pickle(tmp_path):
+    """No instance attributes: scheduler.state_dict() (its __dict__) must stay picklable,
+    and a deepcopy of the model (an EMA copy) must not report as the original."""
+    import copy
+    import io
+    import pickle
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    with Monitor(tmp_path / "run", model=model, optimizer=opt, scheduler=sched):
+        torch.save({"sched": sched.state_dict(), "opt": opt.state_dict()}, io.BytesIO())
+        ema = copy.deepcopy(model)
+        pickle.loads(pickle.dumps(model))
+        model(torch.randn(1, 2)).sum().backward()
+        opt.step()
+        sched.step()
+        ema.eval()
+        ema(torch.randn(1, 2))
+    calls = _calls(tmp_path / "run" / "rank0")
+    assert calls == ["model0.forward[TGB]", "backward", "opt0.step", "sched0.step"]
+    assert "step" not in type(sched).__dict__ and "train" not in torch.nn.Linear.__dict__
