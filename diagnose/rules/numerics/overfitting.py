@@ -45,7 +45,7 @@ Fires when all of:
 - the smoothed validation loss over the second half of those evaluations is >= 10%
   above the best;
 - the training loss at the end is >= 10% below the training loss at the best epoch.
-Healthy scenarios (12, seeds 0-2): the three that evaluate on a validation set drawn
+Healthy scenarios (12, seeds 0-2): the two that evaluate on a validation set drawn
 from other class centres (validation loss rising from the first epoch, never better
 than the untrained model) fail the first condition; early stopping stops 2 evaluations
 after its minimum. Faulty runs (seeds 0-2): +91-121% (64 noisy samples, 40 epochs,
