@@ -93,7 +93,12 @@ def _record(result: Result, train: Callable[[Path], Any], work: Path) -> Result:
 
 
 def _reference_train(config_kwargs: dict) -> Callable[[Path], Any]:
+    """The reference loop with its default config (what `diagnose run --inject` trains) on
+    CPU, one intra-op thread: on a busy machine torch's threads otherwise spin-wait for each
+    other and a 20-second run takes minutes."""
     from reference_loop.config import TrainConfig
+
+    config_kwargs = {"device": "cpu", "num_threads": 1, **config_kwargs}
     from reference_loop.train import train
 
     def run(run_dir: Path) -> Any:
@@ -121,7 +126,7 @@ def healthy_runs(seeds: list[int], reference: bool) -> list[tuple[Result, Callab
                          lambda d, name=name, seed=seed: record(name, d, seed)))
         if reference:
             jobs.append((Result("healthy", "reference", "reference_loop", seed),
-                         _reference_train({"seed": seed, "device": "cpu"})))
+                         _reference_train({"seed": seed})))
     return jobs
 
 
@@ -132,7 +137,7 @@ def fault_runs(reference: bool) -> list[tuple[Result, Callable[[Path], Any]]]:
 
         for inj in INJECTIONS.values():
             jobs.append((Result("fault", "reference", f"--inject {inj.name}", 0, expected=inj.triggers),
-                         _reference_train({"inject": [inj.name], "seed": 0, "device": "cpu"})))
+                         _reference_train({"inject": [inj.name], "seed": 0})))
     for path in sorted((ROOT / "tests" / "harness").glob("faults_*.py")):
         module = importlib.import_module(f"tests.harness.{path.stem}")
         for name, fault in getattr(module, "FAULTS", {}).items():
@@ -243,7 +248,7 @@ def write_page(path: Path, results: list[Result], args: argparse.Namespace, wall
     if faults:
         lines += ["## Detections", "",
                   f"{len(faults)} faulty runs (seed 0): the reference loop's `--inject` faults (default "
-                  "config, CPU) and the faulty loops of `tests/harness/faults_*.py`. \"At step\" is the first "
+                  "config, CPU, one thread) and the faulty loops of `tests/harness/faults_*.py`. \"At step\" is the first "
                   "step of the finding; in brackets the step the fault starts at, when its author recorded "
                   "it.", "", *_detection_tables(faults, rules), ""]
     problems = [(r, p) for r in results for p in r.problems]

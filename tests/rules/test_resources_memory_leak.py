@@ -104,6 +104,16 @@ def test_cuda_growth_far_below_a_steps_activations_is_not_called_a_graph() -> No
     assert finding.evidence["looks_like"] == "small-per-step"
 
 
+def test_cuda_peak_held_by_an_earlier_run_falls_back_to_the_size() -> None:
+    # mem_peak_bytes is the process's peak so far: a bigger earlier run in the same process
+    # holds it, so no step sets a new peak and the transient cannot be read.
+    steps = np.arange(200)
+    alloc = 1e9 + 2 * MiB * steps
+    finding = _only(memory_leak.check(_tables(alloc=alloc, peak=np.full(200, 5e9))))
+    assert finding.evidence["looks_like"] == "activation-sized"
+    assert "step_transient_bytes" not in finding.evidence
+
+
 def test_error_when_the_growth_ends_in_out_of_memory() -> None:
     steps = np.arange(120)
     events = [["oom", 119, 50.0, {"message": "CUDA out of memory"}]]
