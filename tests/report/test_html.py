@@ -404,16 +404,13 @@ def test_long_series_are_summarised_not_drawn_point_by_point() -> None:
     assert values.shape == (MAX_COLUMNS, 4) and values[:, 2].max() == 123.0 and pooled_flags[-1, 0]
 
 
-@pytest.mark.slow
-def test_big_run_stays_within_budget(tmp_path: Path) -> None:
-    """100k steps x 200 tensors: the page in well under 10 s (docs/benchmarks.md) and < 10 MB."""
-    run_dir = write_synthetic_run(tmp_path / "big", steps=100_000, params=200, amp=True, steps_per_epoch=5000)
-    run = read_run(run_dir)
-    started = time.perf_counter()
-    path = write_html_report([run], [[]], tmp_path / "big.html")
-    elapsed = time.perf_counter() - started
+def test_big_run_page_stays_small(tmp_path: Path) -> None:
+    """A long run is summarised before drawing, so the page stays far under 10 MB.
+
+    Its speed is measured by bench/report_speed.py (docs/benchmarks.md), not here."""
+    run_dir = write_synthetic_run(tmp_path / "big", steps=30_000, params=200, amp=True, steps_per_epoch=5000)
+    path = write_html_report([read_run(run_dir)], [[]], tmp_path / "big.html")
     assert path.stat().st_size < 10 * 2**20
-    assert elapsed < 10.0, f"HTML report took {elapsed:.1f} s"
 
 
 # ---- a real recorded run -------------------------------------------------------------------
