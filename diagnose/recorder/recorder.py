@@ -170,9 +170,9 @@ class Recorder:
         self.models.append(model)
         name = f"model{index}"
         self.patches.handle(model.register_forward_pre_hook(
-            lambda mod, args, i=index: self._safe(self.on_forward_pre, i, mod, args)))
+            hooks.Callback(lambda mod, args, i=index: self._safe(self.on_forward_pre, i, mod, args))))
         self.patches.handle(model.register_forward_hook(
-            lambda mod, args, out, i=index: self._safe(self.on_forward, i, out)))
+            hooks.Callback(lambda mod, args, out, i=index: self._safe(self.on_forward, i, out))))
 
         def make_train(original):
             def train(mode: bool = True):
@@ -194,9 +194,9 @@ class Recorder:
         self.optimizers.append(opt)
         name = f"opt{index}"
         self.patches.handle(opt.register_step_pre_hook(
-            lambda o, args, kwargs: self._safe(self.on_optimizer_step_pre, name, o)))
+            hooks.Callback(lambda o, args, kwargs: self._safe(self.on_optimizer_step_pre, name, o))))
         self.patches.handle(opt.register_step_post_hook(
-            lambda o, args, kwargs: self._safe(self.on_optimizer_step_post)))
+            hooks.Callback(lambda o, args, kwargs: self._safe(self.on_optimizer_step_post))))
 
         def make_zero_grad(original):
             def zero_grad(*args, **kwargs):
@@ -294,7 +294,7 @@ class Recorder:
         for index, p in enumerate(self.params):
             if p.requires_grad and hasattr(p, "register_post_accumulate_grad_hook"):
                 self._bw_handles.append(p.register_post_accumulate_grad_hook(
-                    lambda _p, i=index: self._bw_order.append(i)))
+                    hooks.Callback(lambda _p, i=index: self._bw_order.append(i))))
         self._write_objects()
 
     def _add_param(self, p: torch.Tensor, name: str, model, pname) -> None:
@@ -559,6 +559,7 @@ class Recorder:
             self.writer.matrix_row(schema.GRAD_NORMS_FILE, step, full)
         if "param_norms" in values:
             self.writer.matrix_row(schema.PARAM_NORMS_FILE, step, values["param_norms"])
+        record = {k: _compact(v) for k, v in record.items() if v is not None}
         self.writer.line(schema.STEPS_FILE, record)
         self._echo_nonfinite(record)
 
@@ -630,6 +631,15 @@ def _run_length(tokens: list[str]) -> list[str]:
             out.append(token if count == 1 else f"{token}*{count}")
             count = 0
     return out
+
+
+def _compact(value: Any) -> Any:
+    """Floats to 7 significant digits (they come from float32 or timers): ~40% fewer bytes."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.7g}")
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    return value
 
 
 def forward_flags(training: bool) -> str:
