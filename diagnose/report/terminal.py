@@ -106,12 +106,25 @@ def plain_text(report: Report) -> str:
             lines.append("    Fix:")
             lines += [f"      {line}" if line else "" for line in finding.fix.splitlines()]
         lines.append("")
-    if report.notes:
+    notes = visible_notes(report.notes)
+    if notes:
         lines.append("Notes:")
-        lines += [f"  - {note}" for note in report.notes]
+        lines += [f"  - {note}" for note in notes]
         lines.append("")
     lines.append(counts_line(report.findings))
     return "\n".join(lines) + "\n"
+
+
+def visible_notes(notes: list[str]) -> list[str]:
+    """The notes worth a line at 3 AM: "rule X skipped: no Y recorded" (a rule with nothing
+    to check, e.g. loss-scale-collapse without a GradScaler) collapses into one line; the
+    JSON report keeps every note."""
+    skipped = [n.split()[1] for n in notes if n.startswith("rule ") and " skipped" in n]
+    shown = [n for n in notes if not (n.startswith("rule ") and " skipped" in n)]
+    if skipped:
+        shown.append(f"{len(skipped)} rule{'s' if len(skipped) > 1 else ''} had nothing to check "
+                     f"({', '.join(sorted(skipped))}); `--format json` says why")
+    return shown
 
 
 # ---- rich ---------------------------------------------------------------------------------------
@@ -142,9 +155,10 @@ def _render_rich(report: Report, console: Console) -> None:
             console.print(Text("Fix:", style="bold"))
             console.print(Text(textwrap.indent(finding.fix, "  ")))
         console.print()
-    if report.notes:
+    notes = visible_notes(report.notes)
+    if notes:
         console.print(Text("Notes:", style="bold dim"))
-        for note in report.notes:
+        for note in notes:
             console.print(Text(f"  - {note}", style="dim"))
         console.print()
     console.print(Text(counts_line(report.findings), style="bold"))

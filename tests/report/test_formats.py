@@ -44,7 +44,7 @@ def test_plain_text_report(report) -> None:
     assert "first_value=nan, steps=[0, 1, 2, …]" in text and "ratio=0.1235" in text
     assert "[1] Loss is nan from step 3  (nonfinite-loss, error, rank 1, step 3–9)" in text
     assert "      Do x:" in text and "        y()" in text
-    assert "  - rule x skipped: no steps.scale recorded" in text
+    assert "  - 1 rule had nothing to check (x); `--format json` says why" in text  # skip notes collapse
     assert lines[-1].startswith("1 error, 1 warning, 0 info.")
     assert "\x1b[" not in text
 
