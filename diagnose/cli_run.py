@@ -119,6 +119,12 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
         click.echo("diagnose: interrupted; the run directory was flushed", err=True)
         _finish(out, no_report)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - one line, and the recorded run is kept
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        click.echo(f"Error: training failed ({type(exc).__name__}: {message}); "
+                   f"the run was recorded as crashed in {out}", err=True)
+        _finish(out, no_report)
+        sys.exit(1)
     _finish(out, no_report)
 
 

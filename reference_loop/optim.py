@@ -62,7 +62,10 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int, epo
     `epochs`: epochs it will run (per-epoch schedules are laid out over these)."""
     kind = cfg.scheduler
     if kind == "onecycle":
-        return OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_frac)
+        # OneCycleLR divides by the length of each phase: a phase under 2 steps (a very
+        # short run, `--steps 10`) would divide by zero, so the warm-up gets at least 2.
+        pct = min(max(cfg.warmup_frac, 2.0 / max(total_steps, 1)), 0.5)
+        return OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 4), pct_start=pct)
     if kind == "warmup-cosine":
         # zero-lr-steps: the schedule is laid out over half the run and then holds 0.
         horizon = max(total_steps // 2, 1) if "zero-lr-steps" in cfg.inject else total_steps
