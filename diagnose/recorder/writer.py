@@ -140,7 +140,10 @@ class RunWriter:
                 if isinstance(payload, tuple):
                     self._add_row(kind, *payload)
                 else:
-                    self._handle(kind).write(dumps(payload) + "\n")
+                    handle = self._handle(kind)
+                    handle.write(dumps(payload) + "\n")
+                    if kind == schema.META_FILE:  # a handful of lines: on disk at once, so a
+                        handle.flush()  # SIGKILL in the first flush interval still leaves the pid
             except Exception as exc:  # noqa: BLE001 - a recorder fault must never escape
                 self._fail(exc)
             if time.monotonic() >= deadline:

@@ -1,0 +1,178 @@
+"""Crash safety: kill `diagnose run` at random points and check what the run directory keeps.
+
+Each trial starts the reference loop (a tiny config: ~1 ms steps) as a subprocess, waits
+until its recorder has written meta.jsonl, sleeps a random time (fixed seed), sends a
+signal and checks the directory with `read_run`:
+
+- SIGKILL: the reader reads it, reports status `crashed` (the pid is gone), steps.jsonl
+  holds steps 0..k with no gap and no repeat, the grad-norm series holds a gap-free prefix
+  of those steps, and the records lost are those of the last flush interval:
+  `lost_s` = kill time - wall time of the last recorded step, `lost_records` = `lost_s`
+  divided by the median step time.
+- SIGTERM, SIGINT: status `interrupted` (meta.jsonl's last status line), the status line's
+  `steps` equals the step records on disk, or one fewer (the step the signal cut short
+  has its record too: a clean flush), steps 0..k with no gap.
+
+    python bench/crash_trials.py --trials 60        # prints the figures, exit 1 on a failure
+
+tests/reliability/test_crash.py runs a few trials of the same code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_CONFIG = """\
+train_samples = 256
+val_samples = 64
+batch_size = 8
+width = 4
+epochs = 1000
+num_threads = 1
+"""
+FLUSH_INTERVAL_S = 1.0
+
+
+@dataclass
+class Trial:
+    seed: int
+    sig: str
+    delay_s: float
+    steps: int = 0
+    lost_s: float = 0.0
+    lost_records: int = 0
+    failure: str | None = None
+
+
+def start_run(out: Path, config: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "diagnose.cli", "run", "--out", str(out), "--config", str(config),
+           "--steps", "1000000", "--no-report"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_started(proc: subprocess.Popen, out: Path, limit_s: float = 120.0) -> bool:
+    """Until the recorder has flushed its first step (the loop is running)."""
+    steps = out / "rank0" / "steps.jsonl"
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end and proc.poll() is None:
+        if steps.is_file() and steps.stat().st_size > 0:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def run_trial(workdir: Path, seed: int, sig: signal.Signals, max_delay_s: float = 2.0) -> Trial:
+    """One trial; `Trial.failure` says what broke (None: all checks held)."""
+    from diagnose.rundir.reader import RunDirError, read_run
+
+    rng = random.Random(seed)
+    trial = Trial(seed=seed, sig=sig.name, delay_s=round(rng.uniform(0.0, max_delay_s), 3))
+    out = workdir / f"trial{seed}-{sig.name}"
+    config = workdir / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    proc = start_run(out, config)
+    try:
+        if not _wait_started(proc, out):
+            trial.failure = f"run did not start (exit {proc.poll()})"
+            return trial
+        time.sleep(trial.delay_s)
+        sent_at = time.time()
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    try:
+        run = read_run(out)
+    except RunDirError as exc:
+        trial.failure = f"read_run refused it: {exc}"
+        return trial
+    tables = run.ranks[0]
+    steps = list(tables.steps.index)
+    trial.steps = len(steps)
+    if steps != list(range(len(steps))):
+        trial.failure = f"steps.jsonl is not 0..k without gaps: {_gaps(steps)}"
+        return trial
+    grads = list(tables.grad_norms.index)
+    if grads != list(range(len(grads))) or len(grads) > len(steps):
+        trial.failure = f"grad_norms.arrow is not a gap-free prefix of the steps ({len(grads)} rows)"
+        return trial
+    status = tables.meta.get("status")
+    if sig == signal.SIGKILL:
+        if status != "crashed":
+            trial.failure = f"status {status!r}, expected 'crashed'"
+            return trial
+        started = tables.meta.get("started_at", sent_at)
+        last = started + float(tables.steps["t_s"].iloc[-1]) if steps else started
+        trial.lost_s = round(max(sent_at - last, 0.0), 3)
+        step_s = float(tables.steps["step_time_s"].median()) if steps else 0.0
+        trial.lost_records = int(trial.lost_s / step_s) if step_s > 0 else 0
+        return trial
+    last_status = _last_status(out / "rank0" / "meta.jsonl")
+    if last_status.get("status") != "interrupted":
+        trial.failure = f"meta.jsonl's last status line is {last_status!r}, expected 'interrupted'"
+    elif isinstance(last_status.get("steps"), int) and len(steps) not in (last_status["steps"], last_status["steps"] + 1):
+        # a clean flush: every finished step is on disk (+1: the step the signal cut short)
+        trial.failure = f"status says {last_status.get('steps')} steps, steps.jsonl holds {len(steps)}"
+    return trial
+
+
+def _last_status(meta: Path) -> dict:
+    last: dict = {}
+    for line in meta.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("type") == "status":
+            last = record
+    return last
+
+
+def _gaps(steps: list[int]) -> str:
+    wrong = [(a, b) for a, b in zip(steps, steps[1:]) if b != a + 1]
+    return f"first {steps[:1]}, breaks {wrong[:5]}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=60, help="SIGKILL trials (plus 1 SIGTERM and 1 SIGINT per 10)")
+    parser.add_argument("--max-delay", type=float, default=3.0, help="Longest random wait before the signal, s.")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/diagnose-crash-trials"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    plan = [(seed, signal.SIGKILL) for seed in range(args.trials)]
+    plan += [(1000 + i, s) for i in range(max(args.trials // 10, 1)) for s in (signal.SIGTERM, signal.SIGINT)]
+    trials = []
+    for seed, sig in plan:
+        trial = run_trial(args.workdir, seed, sig, args.max_delay)
+        trials.append(trial)
+        print(f"{trial.sig:8s} seed {seed:4d} delay {trial.delay_s:5.2f}s steps {trial.steps:6d} "
+              f"lost {trial.lost_s:5.3f}s ~{trial.lost_records} records  {trial.failure or 'ok'}", flush=True)
+    kills = [t for t in trials if t.sig == "SIGKILL" and t.failure is None]
+    failures = [t for t in trials if t.failure]
+    print(f"\ntrials: {len(trials)} ({sum(t.sig == 'SIGKILL' for t in trials)} SIGKILL, "
+          f"{sum(t.sig != 'SIGKILL' for t in trials)} SIGTERM/SIGINT)")
+    if kills:
+        print(f"SIGKILL: max lost {max(t.lost_s for t in kills):.3f} s (flush interval {FLUSH_INTERVAL_S} s), "
+              f"max ~{max(t.lost_records for t in kills)} records, "
+              f"over the interval: {sum(t.lost_s > FLUSH_INTERVAL_S + 0.25 for t in kills)}")
+    print(f"failures: {len(failures)}")
+    for t in failures:
+        print(f"  {t.sig} seed {t.seed}: {t.failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

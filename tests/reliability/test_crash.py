@@ -1,0 +1,37 @@
+"""Crash safety: kill the reference loop (`diagnose run`) and read what it left.
+
+Five trials of bench/crash_trials.py (fixed seeds, run side by side): three SIGKILLs at
+random points, one SIGTERM, one SIGINT. The bench script runs 60+ and prints the figures.
+"""
+from __future__ import annotations
+
+import importlib.util
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+_BENCH = Path(__file__).resolve().parents[2] / "bench" / "crash_trials.py"
+_spec = importlib.util.spec_from_file_location("crash_trials", _BENCH)
+crash_trials = importlib.util.module_from_spec(_spec)
+sys.modules["crash_trials"] = crash_trials  # dataclasses look their module up
+_spec.loader.exec_module(crash_trials)
+
+PLAN = [(0, signal.SIGKILL), (1, signal.SIGKILL), (7, signal.SIGKILL), (1000, signal.SIGTERM), (1001, signal.SIGINT)]
+
+
+@pytest.fixture(scope="module")
+def trials(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("crash")
+    with ThreadPoolExecutor(len(PLAN)) as pool:
+        return list(pool.map(lambda p: crash_trials.run_trial(workdir, p[0], p[1], max_delay_s=0.6), PLAN))
+
+
+@pytest.mark.parametrize("index", range(len(PLAN)), ids=[f"{s.name}-{seed}" for seed, s in PLAN])
+def test_run_directory_survives_the_signal(trials, index):
+    trial = trials[index]
+    assert trial.failure is None, f"{trial.sig} after {trial.delay_s}s: {trial.failure}"
+    assert trial.steps > 0  # the signal came while the loop was running
+
