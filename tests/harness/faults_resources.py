@@ -59,6 +59,16 @@ def _blobs(n: int, dim: int, classes: int, gen: torch.Generator):
     return centers[y] + torch.randn(n, dim, generator=gen), y
 
 
+def _images(n: int, gen: torch.Generator):
+    """Images whose class is a bright quadrant: a CNN learns them in a few dozen steps."""
+    y = torch.randint(0, 4, (n,), generator=gen)
+    x = torch.randn(n, 3, 16, 16, generator=gen) * 0.5
+    for c in range(4):
+        r, q = divmod(c, 2)
+        x[y == c, :, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 1.5
+    return x, y
+
+
 def _mlp(dim: int, hidden: int, out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, out))
@@ -101,10 +111,8 @@ def leak_metric_with_grad(run_dir: Path, seed: int = 0, steps: int = 100) -> Pat
     release_freed_memory()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    x = torch.randn(32 * steps, 3, 16, 16, generator=gen)
-    y = torch.randint(0, 4, (32 * steps,), generator=gen)
-    hx = torch.randn(32, 3, 16, 16, generator=gen)
-    hy = torch.randint(0, 4, (32,), generator=gen)
+    x, y = _images(32 * steps, gen)
+    hx, hy = _images(32, gen)
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
                           nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -234,14 +242,16 @@ def slow_collate(run_dir: Path, seed: int = 0, steps: int = 40) -> Path:
 
 def ref_dataloader_bottleneck(run_dir: Path, seed: int = 0) -> Path:
     """The reference loop's `--inject dataloader-bottleneck`, made small: a narrow CNN on
-    16-image batches (a few ms a step) and a collate that sleeps 30 ms, one epoch."""
+    16-image batches (a few ms a step) and a collate that sleeps 30 ms, one epoch (less
+    image noise and a higher LR, so that 24 steps learn something and only the loader is
+    at fault)."""
     from reference_loop.config import TrainConfig
     from reference_loop.train import train
 
     previous = torch.get_num_threads()
     cfg = TrainConfig(inject=["dataloader-bottleneck"], seed=seed, train_samples=384, val_samples=64,
                       batch_size=16, width=8, epochs=1, checkpoint_every=0, slow_data_s=0.03,
-                      num_threads=1, device="cpu")
+                      image_noise=1.0, lr=1e-2, num_threads=1, device="cpu")
     try:
         train(cfg, run_dir, progress=False)
     finally:
@@ -289,6 +299,9 @@ def model_grows(run_dir: Path, seed: int = 0, steps: int = 120, drop_at: int = 6
             if step == drop_at:  # the drop
                 for _ in range(12):
                     block = nn.Linear(256, 256)
+                    with torch.no_grad():  # identity: the function (and the loss) does not change
+                        block.weight.copy_(torch.eye(256))
+                        block.bias.zero_()
                     model.append(block)
                     model.append(nn.ReLU())
                     opt.add_param_group({"params": block.parameters()})
@@ -388,3 +401,8 @@ FAULTS: dict[str, Fault] = {
     "sequence_curriculum": Fault(sequence_curriculum, None),
 }
 """Every faulty (or near-miss) loop by name."""
+
+
+def record_fault(name: str, run_dir: Path, seed: int = 0) -> Path:
+    """Record fault (or near miss) `name` into `run_dir` and return it."""
+    return FAULTS[name].record(Path(run_dir), seed)
