@@ -5,7 +5,7 @@ Two kinds of patches, both undone exactly by `Patches.undo()`:
   (`optimizer.zero_grad`, `scheduler.step`, `scaler.update`, `model.train`), removed by
   deleting the instance attribute so the class method shows through again;
 - global wrappers for free functions every loop calls through a module attribute
-  (`torch.Tensor.backward`, `torch.nn.utils.clip_grad_norm_`), installed once for all
+  (`torch.Tensor.backward`, `torch.nn.utils.clip_grad_norm_`, `torch.save`), installed once for all
   active recorders and removed when the last one closes.
 Torch's own hooks (module forward hooks, optimizer step hooks) are used wherever they
 exist; their RemovableHandles are kept in the same undo list.
@@ -167,7 +167,10 @@ def _global_targets() -> list[tuple[Any, str, Callable[[Callable], Callable]]]:
     import torch.nn.utils as nn_utils
     import torch.nn.utils.clip_grad as clip_mod
 
-    targets = [(torch.Tensor, "backward", _wrap_backward)]
+    import torch.serialization
+
+    targets = [(torch.Tensor, "backward", _wrap_backward),
+               (torch, "save", _wrap_save), (torch.serialization, "save", _wrap_save)]
     for module in (nn_utils, clip_mod):
         targets.append((module, "clip_grad_norm_", _wrap_clip("clip_grad_norm_")))
         targets.append((module, "clip_grad_value_", _wrap_clip("clip_grad_value_")))
@@ -208,8 +211,19 @@ def _wrap_clip(kind: str) -> Callable[[Callable], Callable]:
     return make
 
 
+def _wrap_save(original: Callable) -> Callable:
+    def save(obj, f, *args, **kwargs):
+        result = original(obj, f, *args, **kwargs)
+        if not _is_compiling():
+            for listener in list(_listeners):
+                listener._safe(listener.on_save, obj, f)
+        return result
+
+    return save
+
+
 def add_global_listener(listener: Any) -> None:
-    """Route global calls (backward, clipping) to `listener` until removed."""
+    """Route global calls (backward, clipping, torch.save) to `listener` until removed."""
     with _lock:
         if not _listeners:
             for owner, name, make in _global_targets():

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from diagnose.recorder import hooks, numerics, system
+from diagnose.recorder import checkpoints, hooks, numerics, system
 from diagnose.recorder.writer import RunWriter
 from diagnose.rundir import schema
 
@@ -432,6 +432,10 @@ class Recorder:
 
     def on_optimizer_step_post(self) -> None:
         self._stepped = True
+
+    def on_save(self, obj: Any, f: Any) -> None:
+        """`torch.save(obj, f)` returned: a `checkpoint` event (path, top-level keys)."""
+        self.event("checkpoint", **checkpoints.describe_checkpoint(obj, f))
 
     def on_clip(self, kind: str, args: tuple, kwargs: dict, result: Any) -> None:
         self._token(kind)

@@ -8,28 +8,23 @@
   wrapper; its location is moved back to the script's line, as without diagnose.
 - torch warns when `torch.compile(module)` is called while global module hooks exist
   (ours). That warning is about diagnose, not the script, so a filter ignores it.
-- `torch.save` is wrapped: each save becomes a `checkpoint` event with the path and the
-  top-level keys of a saved dict (a bare `state_dict` — all values tensors — is marked
-  `tensors_only`), so a report can say a checkpoint lacks the optimizer state.
+- `torch.save` is recorded by the recorder itself (its global wrappers,
+  diagnose/recorder/hooks.py and checkpoints.py), as under `Monitor`.
 """
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.serialization
-
+from diagnose.recorder.checkpoints import MAX_KEYS, describe_checkpoint  # noqa: F401 - re-exported
 from diagnose.zerocode.classpatch import ClassPatches
 
 if TYPE_CHECKING:
     from diagnose.zerocode.session import Session
 
 MAX_WARNINGS = 500
-MAX_KEYS = 64
 _WRAPPER_DIR = str(Path(__file__).resolve().parent)
 _COMPILE_HOOKS_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
 
@@ -60,8 +55,6 @@ def install(session: "Session", patches: ClassPatches) -> None:
             warnings._filters_mutated()  # type: ignore[attr-defined]
 
     patches.add(remove_filter)
-    for owner in (torch, torch.serialization):
-        patches.wrap(owner, "save", _make_save(session))
 
 
 def script_location(filename: str, lineno: int, line: Any) -> tuple[str, int, Any]:
@@ -75,27 +68,3 @@ def script_location(filename: str, lineno: int, line: Any) -> tuple[str, int, An
     if frame is None:
         return filename, lineno, line
     return frame.f_code.co_filename, frame.f_lineno, None
-
-
-def _make_save(session: "Session"):
-    def make(original):
-        def save(obj, f, *args, **kwargs):
-            result = original(obj, f, *args, **kwargs)
-            if session.on:
-                session.safe(session.on_checkpoint, describe_checkpoint(obj, f))
-            return result
-        return save
-    return make
-
-
-def describe_checkpoint(obj: Any, f: Any) -> dict:
-    """The `checkpoint` event's fields for `torch.save(obj, f)` (no tensor is read)."""
-    path = os.fspath(f) if isinstance(f, (str, os.PathLike)) else f"<{type(f).__name__}>"
-    record: dict[str, Any] = {"path": str(path), "object": type(obj).__name__}
-    if isinstance(obj, dict):
-        keys = [str(k) for k in obj.keys()]
-        record["keys"] = sorted(keys)[:MAX_KEYS]
-        record["n_keys"] = len(keys)
-        record["tensors_only"] = bool(obj) and all(isinstance(v, torch.Tensor)
-                                                   for v in obj.values())
-    return record

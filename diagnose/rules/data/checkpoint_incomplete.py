@@ -82,9 +82,12 @@ def check(run: RunTables) -> list[Finding]:
         return []
     last_step = int(run.steps.index.max()) if len(run.steps) else None
     during: list[tuple[int | None, dict]] = []
+    seen: set[str] = set()
     for kind, step, data in zip(kinds, events["step"], events["data"]):
-        if kind != "weights":
+        path = str(data.get("path"))
+        if kind != "weights" or path in seen:  # one file: torch.save's event and log_checkpoint's
             continue
+        seen.add(path)
         step = None if step is None or step != step else int(step)
         # an event's step is the step under way (the last one taken, between steps): a save
         # recorded at an earlier step than the run's last is mid-run

@@ -56,6 +56,19 @@ def test_fires_on_a_monitor_loop_saving_state_dicts(tmp_path: Path) -> None:
     assert '"optimizer": optimizer.state_dict()' in finding.fix
 
 
+def test_fires_from_torch_save_alone_and_counts_each_file_once(tmp_path: Path) -> None:
+    def save_only(mon, model, opt, epoch, where):
+        torch.save(model.state_dict(), where / f"w_{epoch}.pt")   # no log_checkpoint: the recorder sees it
+    run = read_run(_loop(tmp_path / "run", save_only))
+    saves = run.first.events_of("checkpoint")
+    assert [d["source"] for d in saves["data"]] == ["torch.save"] * 3
+    assert saves["data"].iloc[0]["tensors_only"] is True
+    [finding] = checkpoint_incomplete.check(run.first)
+    assert finding.evidence["checkpoints"] == 2 and finding.evidence["keys"] == ["bias", "weight"]
+    torch.save({"x": torch.zeros(1)}, tmp_path / "after.pt")   # the recorder is closed: torch.save unwrapped
+    assert not getattr(torch.save, "__diagnose_wrapped__", False)
+
+
 def test_silent_on_full_checkpoints_and_on_a_weights_export_beside_them(tmp_path: Path) -> None:
     def both(mon, model, opt, epoch, where):
         _full(mon, model, opt, epoch, where)
