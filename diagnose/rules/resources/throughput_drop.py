@@ -53,6 +53,13 @@ and fail the last two tests; no healthy run is reported. The slow loops of
 `tests/harness/faults_resources.py` (a blocking call, a model that grew, an evaluation in
 the batch loop) drop 4–80x with 2–14% of slow steps before; an unfrozen backbone drops
 3–30x (info).
+
+## Limits
+Only wall-clock time is recorded. Another process that takes a steady share of the CPU
+from then on (a single-threaded run on a machine whose load jumps) slows every step alike,
+exactly as added work does: the reference loop, one thread, fell 3.6x at step 190 of 320
+when the load of its two-core machine jumped, and was reported. The explanation then names
+"another process" among the causes; check the machine (`top`, `nvidia-smi`) before the code.
 """
 from __future__ import annotations
 
