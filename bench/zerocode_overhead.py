@@ -7,6 +7,8 @@
 The loop (written to a temporary folder, plain PyTorch; it imports diagnose only in
 the monitor mode) times its own steps after a warm-up and writes the median step time;
 process start-up (imports, recorder start and flush) is reported separately as wall time.
+It also reports the process CPU time per timed step (all threads, the recorder's writer
+thread included), which other load on the machine barely disturbs.
 Workloads: a tiny MLP (the worst case: its steps are so short that any per-call Python
 cost shows) and a small transformer LM (4 layers, d=128, 8x64 tokens).
 """
@@ -49,7 +51,10 @@ if mode == "monitor":
     from diagnose import Monitor
     monitor = Monitor(out + ".run", model=model, optimizer=opt, scheduler=sched)
 times = []
+cpu_start = None
 for i in range(steps + 50):
+    if i == 50:
+        cpu_start = time.process_time()
     x, y = make()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -64,10 +69,11 @@ for i in range(steps + 50):
     if device == "cuda":
         torch.cuda.synchronize()
     times.append(time.perf_counter() - t)
+cpu_per_step = (time.process_time() - cpu_start) / steps  # all threads: the writer's too
 if monitor is not None:
     monitor.close()
 times = sorted(times[50:])
-json.dump({"median_step_s": times[len(times) // 2]}, open(out, "w"))
+json.dump({"median_step_s": times[len(times) // 2], "cpu_step_s": cpu_per_step}, open(out, "w"))
 '''
 
 
@@ -75,7 +81,7 @@ MODES = ("bare", "monitor", "zerocode")
 
 
 def _once(loop: Path, workload: str, steps: int, device: str, mode: str,
-          tmp: Path, i: int) -> tuple[float, float]:
+          tmp: Path, i: int) -> tuple[float, float, float]:
     out = tmp / f"{workload}-{mode}-{i}.json"
     cmd = [sys.executable]
     if mode == "zerocode":
@@ -85,7 +91,8 @@ def _once(loop: Path, workload: str, steps: int, device: str, mode: str,
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=tmp, capture_output=True)
     wall = time.perf_counter() - start
-    return json.loads(out.read_text())["median_step_s"], wall
+    result = json.loads(out.read_text())
+    return result["median_step_s"], wall, result["cpu_step_s"]
 
 
 def main() -> None:
@@ -103,20 +110,26 @@ def main() -> None:
         for workload in args.workloads.split(","):
             step: dict[str, list] = {m: [] for m in MODES}
             wall: dict[str, list] = {m: [] for m in MODES}
+            cpu: dict[str, list] = {m: [] for m in MODES}
             for i in range(args.repeats):  # interleaved: bare, monitor, zerocode, bare, ...
                 for mode in MODES:
-                    s, w = _once(loop, workload, args.steps, args.device, mode, tmp, i)
+                    s, w, c = _once(loop, workload, args.steps, args.device, mode, tmp, i)
                     step[mode].append(s)
                     wall[mode].append(w)
+                    cpu[mode].append(c)
             med = {m: statistics.median(step[m]) for m in MODES}
-            result = {"bare_step_ms": round(med["bare"] * 1e3, 4)}
+            cpu_med = {m: statistics.median(cpu[m]) for m in MODES}
+            result = {"bare_step_ms": round(med["bare"] * 1e3, 4),
+                      "bare_cpu_ms_per_step": round(cpu_med["bare"] * 1e3, 4)}
             for mode in ("monitor", "zerocode"):
                 pairs = [r / b for b, r in zip(step["bare"], step[mode])]
                 result[mode] = {
                     "step_ms": round(med[mode] * 1e3, 4),
                     "ratio": round(med[mode] / med["bare"], 4),
                     "median_pair_ratio": round(statistics.median(pairs), 4),
-                    "overhead_us_per_step": round((med[mode] - med["bare"]) * 1e6, 1)}
+                    "overhead_us_per_step": round((med[mode] - med["bare"]) * 1e6, 1),
+                    "cpu_ms_per_step": round(cpu_med[mode] * 1e3, 4),
+                    "cpu_ratio": round(cpu_med[mode] / cpu_med["bare"], 4)}
             result["wall_s"] = {m: round(statistics.median(wall[m]), 2) for m in MODES}
             results[workload] = result
             print(workload, json.dumps(result), flush=True)

@@ -3,9 +3,11 @@
 `_BaseDataLoaderIter.__next__` (the iterator every `DataLoader` returns, with or without
 worker processes) is timed while autograd is enabled: training loops fetch batches with
 grad on, evaluation loops usually under `no_grad`, so the data wait is the training's.
-`DataLoader.__iter__` marks each iterator with the id of its loader: the loader that
-delivered the last batch before the first optimizer step is the training loader, and
-each later `iter()` of it starts a new epoch (the zero-code mode's inferred epochs).
+`DataLoader.__iter__` marks each iterator with the id of its loader's dataset: the
+dataset whose loader delivered the last batch before the first optimizer step is the
+training data, and each later `iter()` of a loader over it starts a new epoch (the
+zero-code mode's inferred epochs; a loop that builds a new DataLoader every epoch counts
+too).
 """
 from __future__ import annotations
 

@@ -89,7 +89,11 @@ def run_script(script: Path, args: list[str], run_dir: Path, *,
             sys.path[0] = saved_path0
         _flush_stdio()
         if session is not None:
-            session.close(status, error)
+            try:
+                session.close(status, error)
+            except Exception as exc:  # noqa: BLE001 - the script's exit code still stands
+                print(f"diagnose: could not finish the record ({type(exc).__name__}: {exc})",
+                      file=sys.stderr)
     return code
 
 

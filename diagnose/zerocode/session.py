@@ -227,14 +227,12 @@ class Session:
         self.targets[id(module)] = self.targets[id(base)] = known
         self._inner_ids = None
         index = known[0]
-        if base is not module:
-            compiled = hasattr(module, "_orig_mod")
-            how = "torch.compile" if compiled else type(module).__name__
-            self.rec.event("not_recorded", what="compiled-submodules" if compiled
-                           else "wrapped-submodules", model=index,
-                           message=f"model{index} is called through {how}: its forward "
-                                   "passes are recorded (mode, grad state, backward), the "
-                                   "calls inside it are not")
+        if hasattr(module, "_orig_mod"):
+            self.rec.event("not_recorded", what="compiled-submodules", model=index,
+                           message=f"model{index} is torch.compile'd: its forward passes are "
+                                   "recorded (mode, grad state, backward), nothing inside "
+                                   "the compiled graph is (no hook runs there); the first "
+                                   "steps include compilation time")
         if getattr(base, "_compiled_call_impl", None) is not None:
             self.rec.event("not_recorded", what="compiled-forward", model=index,
                            message=f"model{index} was compiled in place (module.compile()): "
@@ -369,11 +367,13 @@ class Session:
 
     # ---- data, warnings, checkpoints ----------------------------------------------------
     def on_loader_iter(self, loader, iterator) -> None:
+        # keyed by the dataset: a loop that builds a new DataLoader every epoch still counts
+        key = id(getattr(loader, "dataset", loader))
         try:
-            setattr(iterator, loaders.LOADER_ATTR, id(loader))
+            setattr(iterator, loaders.LOADER_ATTR, key)
         except AttributeError:
             return
-        if self._train_loader is not None and id(loader) == self._train_loader:
+        if self._train_loader is not None and key == self._train_loader:
             self._epoch += 1
             self.rec.set_epoch(self._epoch)
 

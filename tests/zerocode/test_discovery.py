@@ -246,3 +246,21 @@ def test_compiled_training_function_is_traced_as_without_diagnose(tmp_path, recw
     assert run.params[0]["name"] == "0.weight"  # the model was found among the globals
     assert run.calls_by_step()[1] == ["opt0.zero_grad", "backward", "opt0.step"]
     assert not [w for w in recwarn if "Dynamo" in str(w.message)]  # no graph break on us
+
+
+def test_epochs_from_the_training_data_even_with_a_new_loader_each_epoch(tmp_path):
+    run = _run(tmp_path, """
+        from torch.utils.data import DataLoader, TensorDataset
+        train = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+        val = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
+        model = nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for epoch in range(3):
+            for x, y in DataLoader(train, batch_size=16, shuffle=True):  # rebuilt each epoch
+                opt.zero_grad(); F.mse_loss(model(x), y).backward(); opt.step()
+            with torch.no_grad():
+                for x, y in DataLoader(val, batch_size=8):
+                    model(x)
+    """)
+    assert [s["epoch"] for s in run.steps] == [0, 0, 1, 1, 2, 2]
+    assert [e["step"] for e in run.kind("epoch")] == [0, 2, 4]

@@ -201,3 +201,33 @@ def test_module_cli_passes_arguments_and_reports_errors(tmp_path):
                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and again.stderr.startswith("Error:")
     assert "already holds a recorded run" in again.stderr
+
+
+def test_torchrun_records_one_rank_folder_each(tmp_path):
+    script = _script(tmp_path, """
+        import torch, torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        dist.init_process_group("gloo")
+        torch.manual_seed(0)
+        model = DDP(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad(); model(torch.randn(4, 4)).sum().backward(); opt.step()
+        with torch.no_grad():
+            model.module.eval()
+            model.module(torch.randn(2, 4))
+        dist.destroy_process_group()
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "-m", "diagnose.zerocode", "--out", str(tmp_path / "run"), str(script)],
+        cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        meta = [json.loads(line) for line in
+                (tmp_path / "run" / f"rank{rank}" / "meta.jsonl").read_text().splitlines()]
+        assert meta[0]["rank"] == rank and meta[0]["world_size"] == 2
+        assert meta[-1]["status"] == "finished" and meta[-1]["steps"] == 3
+        params = (tmp_path / "run" / f"rank{rank}" / "params.jsonl").read_text()
+        assert '"name":"0.weight"' in params  # DDP's `module.` prefix is not there
+    assert Run(tmp_path / "run").calls[-3:] == ["phase:val", "model0.eval", "model0.forward[EN]"]
