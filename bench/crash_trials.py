@@ -88,7 +88,11 @@ def run_trial(workdir: Path, seed: int, sig: signal.Signals, max_delay_s: float 
         time.sleep(trial.delay_s)
         sent_at = time.time()
         proc.send_signal(sig)
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            trial.failure = f"still running 120 s after {sig.name} (the signal was lost)"
+            return trial
     finally:
         if proc.poll() is None:
             proc.kill()

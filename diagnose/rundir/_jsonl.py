@@ -38,6 +38,12 @@ def read_lines(path: Path, label: str, notes: list[str]) -> bytes:
     """The file's complete lines, NaN strings turned into literals. A last line without
     its newline is kept only if it parses; otherwise it is torn and noted."""
     data = path.read_bytes()
+    if not data.isascii():  # rare (the writer escapes non-ASCII); no copy in the common case
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            data = data.decode("utf-8", errors="replace").encode("utf-8")  # U+FFFD; such a line
+            # is skipped with a note, or kept with the replacement character in a string
     cut = data.rfind(b"\n") + 1
     body, tail = data[:cut], data[cut:]
     if tail.strip():
@@ -97,9 +103,13 @@ def read_frame(path: Path, label: str, notes: list[str], *, expand: tuple[str, .
     body = read_lines(path, label, notes)
     if not body.strip():
         return pd.DataFrame()
+    lines = body.count(b"\n") + (not body.endswith(b"\n"))
+    if body.count(b"\n{") + body.startswith(b"{") != lines:  # a line that is not an object:
+        return _frame_from_records(parse_records(body, label, notes), expand)  # pyarrow may crash on it
     try:
         table = pa_json.read_json(io.BytesIO(body))
-    except pa.ArrowException:
+        table.column_names  # noqa: B018 - pyarrow keeps invalid UTF-8 in a key; naming it raises
+    except (pa.ArrowException, UnicodeDecodeError):
         return _frame_from_records(parse_records(body, label, notes), expand)
     recorded = [name for name, column in zip(table.column_names, table.columns) if column.null_count < len(column)]
     table = table.select(recorded)
