@@ -3,6 +3,7 @@
     diagnose run                              # the embedded default task, then a report
     diagnose run --inject eval-with-grad      # see what a warning looks like
     diagnose run train.py -- --lr 3e-4        # the user's unchanged script
+    diagnose run --nproc-per-node 2 train.py  # under torchrun, one recorder per rank
 """
 from __future__ import annotations
 
@@ -76,8 +77,11 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 @click.option("--param-every", type=click.IntRange(min=1), default=25, show_default=True,
               help="Per-parameter weight norms every N steps.")
 @click.option("--no-report", is_flag=True, help="Do not analyse the run at the end.")
+@click.option("--nproc-per-node", "nproc", type=click.IntRange(min=1), default=None,
+              help="Launch SCRIPT in N processes through torchrun (torch.distributed.run "
+                   "--standalone), each recorded into its own rankK/ folder; one report at the end.")
 def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, seed,
-        config_file, inject, resume, grad_every, param_every, no_report) -> None:
+        config_file, inject, resume, grad_every, param_every, no_report, nproc) -> None:
     """Train under the recorder, then report.
 
     Without SCRIPT, trains the built-in reference loop on an embedded task (no download).
@@ -97,10 +101,15 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
             raise click.UsageError(f"script {script} does not exist")
         out = out or default_run_dir(script.stem)
         check_out_dir(out, overwrite)
-        code = _run_script(script, list(script_args), out, options, overwrite)
+        if nproc is None:
+            code = _run_script(script, list(script_args), out, options, overwrite)
+        else:
+            code = _run_torchrun(nproc, script, list(script_args), out, options, overwrite)
         _finish(out, no_report)
         sys.exit(code)
 
+    if nproc is not None:
+        raise click.UsageError("--nproc-per-node needs a SCRIPT")
     if script_args:
         raise click.UsageError(f"unexpected arguments: {' '.join(script_args)}")
     config = _reference_config(config_file, task=task, epochs=epochs, steps=steps,
@@ -147,6 +156,21 @@ def _run_script(script: Path, args: list[str], out: Path, options, overwrite: bo
     from diagnose.zerocode import run_script
 
     return run_script(script, args, out, options=options, overwrite=overwrite)
+
+
+def _run_torchrun(nproc: int, script: Path, args: list[str], out: Path, options, overwrite: bool) -> int:
+    """Run `python -m diagnose.zerocode` in `nproc` processes under torchrun; its exit code."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--standalone", "-m", "diagnose.zerocode", "--out", str(out),
+               "--grad-every", str(options.grad_every), "--param-every", str(options.param_every)]
+    command += (["--overwrite"] if overwrite else []) + [str(script), "--", *args]
+    click.echo(f"diagnose: {nproc} processes through torchrun into {out}", err=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _finish(out: Path, no_report: bool) -> None:

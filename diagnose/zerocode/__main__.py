@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RunDirExistsError, FileNotFoundError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    print(f"diagnose: run directory {out}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"diagnose: run directory {out}", file=sys.stderr)
     return code
 
 

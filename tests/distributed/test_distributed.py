@@ -39,11 +39,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                str(SCRIPT), str(base / fault), "--fault", fault]
         procs[fault] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
+    # `diagnose run --nproc-per-node 2` on a script with no diagnose in it (zero-code mode)
+    cli = [sys.executable, "-m", "diagnose.cli", "run", "--nproc-per-node", "2", "--out", str(base / "cli"),
+           str(SCRIPT.with_name("ddp_plain.py"))]
+    procs["cli"] = subprocess.Popen(cli, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+    cli_out, cli_err = procs.pop("cli").communicate(timeout=180)
+    (base / "cli.out").write_text(cli_out)
+    (base / "cli.err").write_text(cli_err)
     for fault, proc in procs.items():
         out, _ = proc.communicate(timeout=180)
         expected = 1 if fault == "desync" else 0   # its rank 1 crashes on purpose
         assert proc.returncode == expected, f"{fault}: torchrun exited {proc.returncode}\n{out[-3000:]}"
-    return {fault: base / fault for fault in FAULTS}
+    return {fault: base / fault for fault in (*FAULTS, "cli")}
 
 
 def test_each_rank_writes_its_own_folder(runs: dict[str, Path]) -> None:
@@ -96,6 +104,22 @@ def test_desync_fires_on_skip_early_stop_and_crash(runs: dict[str, Path]) -> Non
     assert by_kind["scaler"].evidence["skipped_by_rank"] == {"0": [], "1": [4]}
     names = {f.rule for f in run_rules(run)[0]}
     assert "rank-desync" in names and "rank-straggler" not in names
+
+
+def test_diagnose_run_launches_torchrun(runs: dict[str, Path]) -> None:
+    root = runs["cli"]
+    out, err = (root.parent / "cli.out").read_text(), (root.parent / "cli.err").read_text()
+    run = read_run(root)
+    assert sorted(run.ranks) == [0, 1]
+    assert all(len(t.steps) == 12 and t.meta["world_size"] == 2 for t in run.ranks.values())
+    assert out.count("diagnose report:") == 1 and "2 ranks" in out, out + err
+    assert err.count("diagnose: run directory") == 2, err   # rank 0 and the launcher; rank 1 is quiet
+
+
+def test_nproc_per_node_needs_a_script() -> None:
+    result = CliRunner().invoke(main, ["run", "--nproc-per-node", "2"])
+    assert result.exit_code == 2
+    assert "--nproc-per-node needs a SCRIPT" in result.output
 
 
 # ---- the thresholds, on runs built in memory ------------------------------------------------
