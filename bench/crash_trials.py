@@ -5,8 +5,7 @@ until its recorder has written meta.jsonl, sleeps a random time (fixed seed), se
 signal and checks the directory with `read_run`:
 
 - SIGKILL: the reader reads it, reports status `crashed` (the pid is gone), steps.jsonl
-  holds steps 0..k with no gap and no repeat, the grad-norm series holds a gap-free prefix
-  of those steps, and the records lost are those of the last flush interval:
+  holds steps 0..k with no gap and no repeat, the grad-norm series holds steps 0..m with no gap, and the records lost are those of the last flush interval:
   `lost_s` = kill time - wall time of the last recorded step, `lost_records` = `lost_s`
   divided by the median step time.
 - SIGTERM, SIGINT: status `interrupted` (meta.jsonl's last status line), the status line's
@@ -109,8 +108,9 @@ def run_trial(workdir: Path, seed: int, sig: signal.Signals, max_delay_s: float 
         trial.failure = f"steps.jsonl is not 0..k without gaps: {_gaps(steps)}"
         return trial
     grads = list(tables.grad_norms.index)
-    if grads != list(range(len(grads))) or len(grads) > len(steps):
-        trial.failure = f"grad_norms.arrow is not a gap-free prefix of the steps ({len(grads)} rows)"
+    if grads != list(range(len(grads))):  # each file keeps its own prefix: an Arrow chunk
+        # (256 rows) can reach the disk before steps.jsonl's last flush interval does
+        trial.failure = f"grad_norms.arrow is not steps 0..m without gaps ({len(grads)} rows)"
         return trial
     status = tables.meta.get("status")
     if sig == signal.SIGKILL:
