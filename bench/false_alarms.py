@@ -12,6 +12,7 @@ rule) and the detection table (which fault each rule catches, at which step).
     python bench/false_alarms.py                          # everything, writes docs/rules.md
     python bench/false_alarms.py --seeds 0 1 --no-reference --out /tmp/rules.md
     python bench/false_alarms.py --only healthy           # the false-alarm table alone
+    python bench/false_alarms.py --work runs/fa --reuse   # rules changed: analyse again, record only what is new
 
 Memory freed by one recording is handed back to the OS before the next
 (`release_freed_memory`), so RSS-based rules see each run as a fresh process would. The
@@ -60,11 +61,15 @@ class Result:
     """The rule a fault must trigger (None for healthy runs and near misses)."""
     at: int | None = None
     """The step the fault starts at, when its author said."""
+    min_severity: str = "warning"
+    """The least severity that counts as caught (a harness may expect `info`)."""
     findings: list[tuple[str, str, int | None, str]] = field(default_factory=list)
     """(rule, severity, first step, title) of every finding."""
     problems: list[str] = field(default_factory=list)
     """Rules that failed on this run, or why it could not be recorded."""
     seconds: float = 0.0
+    reused: bool = False
+    """Read from an earlier recording (--reuse), not recorded now."""
 
     def alarms(self) -> list[tuple[str, str, int | None, str]]:
         return [f for f in self.findings if f[1] in ("warning", "error")]
@@ -74,12 +79,14 @@ class Result:
         return f"{self.name}@{self.seed}" if self.group == "healthy" else self.name
 
 
-def _record(result: Result, train: Callable[[Path], Any], work: Path) -> Result:
+def _record(result: Result, train: Callable[[Path], Any], work: Path, reuse: bool = False) -> Result:
     run_dir = work / result.group.replace(" ", "_") / result.source / f"{result.name}-s{result.seed}"
     release_freed_memory()
     start = time.perf_counter()
     try:
-        train(run_dir)
+        result.reused = reuse and _finished(run_dir)
+        if not result.reused:
+            train(run_dir)
         findings, notes = run_rules(read_run(run_dir))
     except Exception as exc:  # noqa: BLE001 - one broken loop must not cost the page
         result.problems.append(f"not recorded: {type(exc).__name__}: {exc}")
@@ -90,6 +97,14 @@ def _record(result: Result, train: Callable[[Path], Any], work: Path) -> Result:
     result.findings = [(f.rule, f.severity.label, f.steps[0] if f.steps else None, f.title) for f in findings]
     result.problems += [n for n in notes if " failed" in n or "not loaded" in n]
     return result
+
+
+def _finished(run_dir: Path) -> bool:
+    """True when run_dir already holds a run whose recording ended (any final status)."""
+    try:
+        return read_run(run_dir).first.meta.get("status") not in (None, "running")
+    except Exception:  # noqa: BLE001 - anything unreadable is recorded again
+        return False
 
 
 def _reference_train(config_kwargs: dict) -> Callable[[Path], Any]:
@@ -148,7 +163,8 @@ def fault_runs(reference: bool) -> list[tuple[Result, Callable[[Path], Any]]]:
                 train = lambda d, name=name, rec=record_fault: rec(name, d, 0)  # noqa: E731
             else:
                 train = lambda d, fn=getattr(fault, "record", None) or fault.fn: fn(d, 0)  # noqa: E731
-            jobs.append((Result(group, path.stem, name, 0, expected=rule, at=getattr(fault, "at", None)), train))
+            jobs.append((Result(group, path.stem, name, 0, expected=rule, at=getattr(fault, "at", None),
+                                min_severity=getattr(fault, "severity", "warning")), train))
     return jobs
 
 
@@ -175,29 +191,40 @@ def _false_alarm_table(results: list[Result], rules: list) -> list[str]:
     return lines
 
 
+def _caught(r: Result, f: tuple) -> bool:
+    return f[0] == r.expected and Severity.parse(f[1]) >= Severity.parse(r.min_severity)
+
+
 def _detection_tables(faults: list[Result], rules: list) -> list[str]:
+    present = {rule.name for rule in rules}
     lines = ["| fault | source | must trigger | caught | at step (fault starts) | severity | other rules at warning/error |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in faults:
-        hit = [f for f in r.findings if f[0] == r.expected and f[1] in ("warning", "error")]
-        info = [f for f in r.findings if f[0] == r.expected and f[1] == "info"]
+        hit = [f for f in r.findings if _caught(r, f)]
+        weak = [f for f in r.findings if f[0] == r.expected and not _caught(r, f)]
         others = sorted({f[0] for f in r.alarms() if f[0] != r.expected})
         if r.problems and not r.findings:
             caught, step, severity = "not recorded", "", ""
+        elif r.expected not in present:
+            caught, step, severity = "rule not written yet", "", ""
         elif hit:
             caught, step, severity = "yes", _step(hit[0][2], r.at), hit[0][1]
-        elif info:
-            caught, step, severity = "info only", _step(info[0][2], r.at), "info"
+        elif weak:
+            caught, step, severity = f"**only {weak[0][1]}**", _step(weak[0][2], r.at), weak[0][1]
         else:
             caught, step, severity = "**no**", "", ""
-        lines.append(f"| `{r.name}` | {r.source} | `{r.expected}` | {caught} | {step} | {severity} "
+        expected = f"`{r.expected}`" + (f" ({r.min_severity})" if r.min_severity != "warning" else "")
+        lines.append(f"| `{r.name}` | {r.source} | {expected} | {caught} | {step} | {severity} "
                      f"| {', '.join(f'`{o}`' for o in others)} |")
     lines += ["", "Per rule:", "", "| rule | faults | caught | missed |", "| --- | --- | --- | --- |"]
     for rule in rules:
         mine = [r for r in faults if r.expected == rule.name]
-        caught = [r for r in mine if any(f[0] == rule.name and f[1] in ("warning", "error") for f in r.findings)]
+        caught = [r for r in mine if any(_caught(r, f) for f in r.findings)]
         missed = [f"`{r.name}`" for r in mine if r not in caught]
         lines.append(f"| `{rule.name}` | {len(mine)} | {len(caught)} | {', '.join(missed)} |")
+    absent = sorted({r.expected for r in faults if r.expected not in present})
+    if absent:
+        lines += ["", "Faults whose rule is not written yet: " + ", ".join(f"`{a}`" for a in absent) + "."]
     return lines
 
 
@@ -222,7 +249,8 @@ def write_page(path: Path, results: list[Result], args: argparse.Namespace, wall
         f"({' '.join(sys.argv[1:]) or 'default arguments'}); do not edit by hand.",
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores (load average "
         f"{load:.1f} at the end), Python {platform.python_version()}, torch {torch.__version__}, CPU only; "
-        f"{len(results)} runs in {wall_s / 60:.1f} min. Rules present: {len(rules)} "
+        f"{len(results)} runs ({sum(r.reused for r in results)} of them recorded earlier and analysed again) "
+        f"in {wall_s / 60:.1f} min. Rules present: {len(rules)} "
         f"({', '.join(cat.categories)}).",
         "",
         "A healthy run must report nothing at warning or error (info is allowed). Severity is per",
@@ -269,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="Leave the reference loop out.")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "rules.md", help="The page to write.")
     parser.add_argument("--work", type=Path, help="Keep the run directories here (default: a temporary folder).")
+    parser.add_argument("--reuse", action="store_true",
+                        help="With --work: analyse runs already recorded there again instead of recording them.")
     args = parser.parse_args(argv)
 
     reference = not args.no_reference and _has_reference()
@@ -281,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = []
     for i, (result, train) in enumerate(jobs, 1):
-        _record(result, train, work)
+        _record(result, train, work, reuse=args.reuse)
         alarms = ", ".join(f"{f[0]}:{f[1]}@{f[2]}" for f in result.alarms()) or "-"
         print(f"[{i}/{len(jobs)}] {result.group:9s} {result.source:16s} {result.label:42s} "
               f"{result.seconds:6.1f}s  {alarms}", file=sys.stderr, flush=True)
