@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,10 +41,12 @@ def _one_thread() -> Iterator[None]:
 
 
 def release_freed_memory() -> None:
-    """Give memory that earlier code in this process freed back to the OS (glibc's
-    `malloc_trim`; a no-op elsewhere), so a leak measured by RSS starts from a process
-    like a fresh one. Without it a leak first refills the freed heap and RSS stays flat.
+    """Free what earlier code in this process left behind (`gc.collect()`: objects in
+    reference cycles) and give freed memory back to the OS (glibc's `malloc_trim`; a no-op
+    elsewhere), so a leak measured by RSS starts from a process like a fresh one. Without
+    it a leak first refills freed memory and RSS stays flat.
     """
+    gc.collect()
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
@@ -87,13 +90,13 @@ def _batches(x, y, batch_size: int, gen: torch.Generator):
 def leak_running_loss_retain_graph(run_dir: Path, seed: int = 0, steps: int = 100) -> Path:
     """`running = running + loss` after `loss.backward(retain_graph=True)`: every step's
     autograd graph, with the activations it saved, stays alive (~1.5 MiB a step here)."""
-    release_freed_memory()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x, y = _blobs(128 * steps, 64, 10, gen)
     model = nn.Sequential(nn.Linear(64, 1024), nn.GELU(), nn.LayerNorm(1024), nn.Linear(1024, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     running = torch.zeros(())
+    release_freed_memory()  # after building the data: its temporaries are freed memory too
     with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         mon.epoch(0)
         for xb, yb in mon.loader(_batches(x, y, 128, gen)):
@@ -108,7 +111,6 @@ def leak_running_loss_retain_graph(run_dir: Path, seed: int = 0, steps: int = 10
 def leak_metric_with_grad(run_dir: Path, seed: int = 0, steps: int = 100) -> Path:
     """A CNN loop that also tracks a held-out batch's loss every step, computed with
     autograd on and kept as a tensor: a graph no backward ever frees, every step."""
-    release_freed_memory()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x, y = _images(32 * steps, gen)
@@ -117,6 +119,7 @@ def leak_metric_with_grad(run_dir: Path, seed: int = 0, steps: int = 100) -> Pat
                           nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     held_out = []
+    release_freed_memory()  # after building the data: its temporaries are freed memory too
     with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         mon.epoch(0)
         for xb, yb in mon.loader(_batches(x, y, 32, gen)):
@@ -130,13 +133,13 @@ def leak_metric_with_grad(run_dir: Path, seed: int = 0, steps: int = 100) -> Pat
 def leak_kept_batches(run_dir: Path, seed: int = 0, steps: int = 100) -> Path:
     """Every batch is kept in a Python list (a debugging "replay buffer" never emptied):
     memory grows by the batch's size (1 MiB) each step, with no autograd graph involved."""
-    release_freed_memory()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x, y = _blobs(32 * steps, 8192, 4, gen)
     model = nn.Sequential(nn.Linear(8192, 128), nn.ReLU(), nn.Linear(128, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     seen = []
+    release_freed_memory()  # after building the data: its temporaries are freed memory too
     with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         for epoch in range(2):
             mon.epoch(epoch)
@@ -167,13 +170,13 @@ def cache_fills_once(run_dir: Path, seed: int = 0) -> Path:
                 self.cache[i] = torch.randn(3, 32, 32, generator=g) + self.y[i]
             return self.cache[i], self.y[i]
 
-    release_freed_memory()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = Cached(2048, gen)
     loader = DataLoader(data, batch_size=64, shuffle=True, generator=gen)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 32), nn.ReLU(), nn.Linear(32, 4))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    release_freed_memory()  # after building the data: its temporaries are freed memory too
     with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         for epoch in range(4):
             mon.epoch(epoch)
@@ -262,7 +265,7 @@ def ref_dataloader_bottleneck(run_dir: Path, seed: int = 0) -> Path:
 # ---- throughput-drop ----------------------------------------------------------------------
 
 
-def sleep_after_step(run_dir: Path, seed: int = 0, steps: int = 120, drop_at: int = 60,
+def sleep_after_step(run_dir: Path, seed: int = 0, steps: int = 130, drop_at: int = 60,
                      sleep_s: float = 0.02) -> Path:
     """From step `drop_at` on, every step also makes a blocking call (a sleep stands for a
     synchronous upload of metrics or a checkpoint written every step)."""
@@ -282,7 +285,7 @@ def sleep_after_step(run_dir: Path, seed: int = 0, steps: int = 120, drop_at: in
     return Path(run_dir)
 
 
-def model_grows(run_dir: Path, seed: int = 0, steps: int = 120, drop_at: int = 60) -> Path:
+def model_grows(run_dir: Path, seed: int = 0, steps: int = 130, drop_at: int = 60) -> Path:
     """At step `drop_at` the model grows: twelve wide blocks are appended to it (a
     "progressive" option switched on by mistake), created after the Monitor attached, so
     nothing in the record names them; each step now costs ~20x more."""
@@ -311,7 +314,7 @@ def model_grows(run_dir: Path, seed: int = 0, steps: int = 120, drop_at: int = 6
     return Path(run_dir)
 
 
-def extra_forwards_after_step(run_dir: Path, seed: int = 0, steps: int = 120, drop_at: int = 60) -> Path:
+def extra_forwards_after_step(run_dir: Path, seed: int = 0, steps: int = 130, drop_at: int = 60) -> Path:
     """From step `drop_at` on, every step also evaluates a large held-out batch (a metric
     meant to run once an epoch, placed inside the batch loop)."""
     gen = torch.Generator().manual_seed(seed)

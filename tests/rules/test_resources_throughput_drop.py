@@ -39,7 +39,8 @@ def test_fires_on_drop(runs: dict[str, RunTables], name: str) -> None:
     finding = _only(throughput_drop.check(runs[name]))
     ev = finding.evidence
     assert first_slow - 8 <= ev["drop_step"] <= first_slow + 2
-    assert finding.steps == (ev["drop_step"], 119)
+    assert finding.steps == (ev["drop_step"], int(runs[name].steps.index[-1]))
+    assert ev["steps_after"] >= throughput_drop.MIN_AFTER_STEPS
     assert ev["ratio"] >= throughput_drop.DROP_RATIO and ev["unit"] == "samples"
     assert ev["rate_after"] < ev["rate_before"] / 3
     assert ev["time_lost_s"] > 0
@@ -120,11 +121,13 @@ def test_silent_on_bursty_contention() -> None:
     assert throughput_drop.check(_tables(seconds)) == []
 
 
-def test_needs_50_steps_after_warm_up_and_30_after_the_drop() -> None:
-    seconds = np.r_[np.full(23, 0.01), np.full(29, 0.1)]  # 52 steps: 3 of warm-up, 20 fast, 29 slow
+def test_needs_a_stretch_of_50_slow_steps_to_the_end() -> None:
+    # Other processes can starve a run for a few dozen steps (28 steps 49x slower, seen on
+    # a healthy scenario): a drop counts from 50 steps on.
+    seconds = np.r_[np.full(43, 0.01), np.full(49, 0.1)]  # 3 of warm-up, 40 fast, 49 slow
     assert throughput_drop.check(_tables(seconds)) == []
     finding = _only(throughput_drop.check(_tables(np.r_[seconds, 0.1])))
-    assert finding.evidence["drop_step"] == 23 and finding.evidence["steps_after"] == 30
+    assert finding.evidence["drop_step"] == 43 and finding.evidence["steps_after"] == 50
 
 
 def test_silent_when_the_slow_state_was_already_common_before() -> None:
@@ -132,7 +135,7 @@ def test_silent_when_the_slow_state_was_already_common_before() -> None:
     rng = np.random.default_rng(5)
     seconds = _noisy(200, rng, base=0.0005)
     seconds[rng.random(200) < 0.25] *= 200
-    seconds[140:] = 0.1 * rng.lognormal(0.0, 0.1, 60)
+    seconds[120:] = 0.1 * rng.lognormal(0.0, 0.1, 80)
     assert throughput_drop.check(_tables(seconds)) == []
 
 
