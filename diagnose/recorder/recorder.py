@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from diagnose.recorder import checkpoints, hooks, numerics, system
+from diagnose.recorder import checkpoints, hooks, numerics, system, warnings_capture
 from diagnose.recorder.writer import RunWriter
 from diagnose.rundir import schema
 
@@ -137,7 +137,9 @@ class Recorder:
         self.writer.line(schema.META_FILE, start)
         self.writer.line(schema.META_FILE, {"type": "status", "status": schema.STATUS_RUNNING,
                                             "at": self._wall0})
+        self._warnings = 0
         hooks.add_global_listener(self)
+        warnings_capture.add_listener(self)
         self._listening = True
 
     # ---- attaching ----------------------------------------------------------------------
@@ -437,6 +439,13 @@ class Recorder:
         """`torch.save(obj, f)` returned: a `checkpoint` event (path, top-level keys)."""
         self.event("checkpoint", **checkpoints.describe_checkpoint(obj, f))
 
+    def on_warning(self, message: Any, category: Any, filename: Any, lineno: Any) -> None:
+        """A warning was shown (diagnose/recorder/warnings_capture.py): a `warning` event."""
+        if str(message).startswith("diagnose:") or self._warnings >= warnings_capture.MAX_WARNINGS:
+            return
+        self._warnings += 1
+        self.event("warning", **warnings_capture.describe(message, category, filename, lineno))
+
     def on_clip(self, kind: str, args: tuple, kwargs: dict, result: Any) -> None:
         self._token(kind)
         if kind == "clip_grad_norm_":
@@ -607,6 +616,7 @@ class Recorder:
         self.patches.undo()
         if self._listening:
             hooks.remove_global_listener(self)
+            warnings_capture.remove_listener(self)
             self._listening = False
         record = {"type": "status", "status": status, "at": time.time(),
                   "steps": self.step + (1 if self._stepped else 0)}
@@ -621,6 +631,7 @@ class Recorder:
         try:
             if not self._closed and self._listening:
                 hooks.remove_global_listener(self)
+                warnings_capture.remove_listener(self)
         except Exception:  # noqa: BLE001
             pass
 

@@ -72,7 +72,6 @@ class Session:
         self._inner_ids: set[int] | None = None
         self._current = False
         self._top_forwards = 0
-        self._warnings = 0
         self._last_loader: int | None = None
         self._train_loader: int | None = None
         self._epoch = 0
@@ -383,14 +382,6 @@ class Session:
             self._last_loader = getattr(iterator, loaders.LOADER_ATTR, None)
         except Exception as exc:  # noqa: BLE001 - runs in the iterator's finally
             self.fault(exc)
-
-    def on_warning(self, message, category, filename, lineno) -> None:
-        text = str(message)
-        if text.startswith("diagnose:") or self._warnings >= capture.MAX_WARNINGS:
-            return
-        self._warnings += 1
-        self.rec.event("warning", category=getattr(category, "__name__", str(category)),
-                       message=text[:2000], filename=str(filename), lineno=lineno)
 
     def on_checkpoint(self, record: dict) -> None:
         self.rec.event("checkpoint", **record)
