@@ -77,18 +77,26 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 @click.option("--param-every", type=click.IntRange(min=1), default=25, show_default=True,
               help="Per-parameter weight norms every N steps.")
 @click.option("--no-report", is_flag=True, help="Do not analyse the run at the end.")
+@click.option("--profile", "profile", is_flag=True,
+              help="Profile a bounded window of steps with torch.profiler into RUN_DIR/rank0/profile/ "
+                   "(TensorBoard, Perfetto); the report gains a profile section.")
+@click.option("--profile-steps", default=None, metavar="WAIT,WARMUP,ACTIVE",
+              help="The window: skip WAIT steps, warm up WARMUP, record ACTIVE (default 5,2,5: steps "
+                   "7-11). Implies --profile.")
 @click.option("--nproc-per-node", "nproc", type=click.IntRange(min=1), default=None,
               help="Launch SCRIPT in N processes through torchrun (torch.distributed.run "
                    "--standalone), each recorded into its own rankK/ folder; one report at the end.")
 def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, seed,
-        config_file, inject, resume, grad_every, param_every, no_report, nproc) -> None:
+        config_file, inject, resume, grad_every, param_every, no_report, nproc, profile,
+        profile_steps) -> None:
     """Train under the recorder, then report.
 
     Without SCRIPT, trains the built-in reference loop on an embedded task (no download).
     With SCRIPT, runs your unchanged training script as `python SCRIPT ARGS` would, with
     the recorder attached (pass the script's own arguments after `--`).
     """
-    options = RecorderOptions(grad_every=grad_every, param_every=param_every)
+    options = RecorderOptions(grad_every=grad_every, param_every=param_every,
+                              profile=_profile_window(profile, profile_steps))
     if script is not None:
         loop_only = {"--task": task, "--epochs": epochs, "--steps": steps, "--device": device,
                      "--amp": amp, "--seed": seed, "--config": config_file, "--resume": resume}
@@ -137,6 +145,18 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
     _finish(out, no_report)
 
 
+def _profile_window(profile: bool, steps: str | None):
+    """The profiling window asked for, or None; a malformed one is a usage error."""
+    from diagnose.profiling.window import ProfileWindow
+
+    if steps is None:
+        return ProfileWindow() if profile else None
+    try:
+        return ProfileWindow.parse(steps)
+    except ValueError as exc:
+        raise click.UsageError(f"--profile-steps: {exc}")
+
+
 def _reference_config(config_file, **flags):
     from reference_loop.config import TrainConfig
 
@@ -165,6 +185,9 @@ def _run_torchrun(nproc: int, script: Path, args: list[str], out: Path, options,
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--standalone", "-m", "diagnose.zerocode", "--out", str(out),
                "--grad-every", str(options.grad_every), "--param-every", str(options.param_every)]
+    if options.profile is not None:
+        window = options.profile
+        command += ["--profile-steps", f"{window.wait},{window.warmup},{window.active}"]
     command += (["--overwrite"] if overwrite else []) + [str(script), "--", *args]
     click.echo(f"diagnose: {nproc} processes through torchrun into {out}", err=True)
     try:

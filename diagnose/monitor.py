@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from diagnose.profiling.window import ProfileWindow
 from diagnose.recorder.recorder import Recorder, RecorderOptions
 from diagnose.rundir import schema
 
@@ -47,10 +48,14 @@ class Monitor:
         grad_every: per-parameter gradient norms every N optimizer steps.
         param_every: per-parameter weight norms every N optimizer steps.
         overwrite: replace a run already recorded in `run_dir` (refused otherwise).
+        profile: torch.profiler over a bounded window of steps into `rankK/profile/`:
+            True (steps 7-11: wait 5, warm up 2, record 5), `"WAIT,WARMUP,ACTIVE"`, a
+            3-tuple or a `ProfileWindow`; `diagnose report` then adds a profile section
+            (docs/profiling.md).
 
     Raises:
         RunDirExistsError: `run_dir` already holds a run and `overwrite` is False.
-        ValueError: `grad_every` or `param_every` below 1.
+        ValueError: `grad_every` or `param_every` below 1, or a malformed `profile`.
     """
 
     def __init__(self, run_dir: str | Path, *, model: torch.nn.Module | None = None,
@@ -58,8 +63,9 @@ class Monitor:
                  scaler: Any = None, models: Iterable = (), optimizers: Iterable = (),
                  schedulers: Iterable = (), scalers: Iterable = (), config: dict | None = None,
                  grad_every: int = 1, param_every: int = 25, overwrite: bool = False,
-                 command: list[str] | None = None) -> None:
-        options = RecorderOptions(grad_every=grad_every, param_every=param_every)
+                 command: list[str] | None = None, profile: Any = None) -> None:
+        options = RecorderOptions(grad_every=grad_every, param_every=param_every,
+                                  profile=ProfileWindow.coerce(profile))
         self.run_dir = Path(run_dir)
         self.recorder = Recorder(self.run_dir, config=config, options=options,
                                  overwrite=overwrite, command=command)

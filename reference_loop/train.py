@@ -98,7 +98,7 @@ def open_monitor(cfg: TrainConfig, run_dir: Path, b: Built, *, overwrite: bool =
                    # A disabled scaler is a pass-through: recording it would only add noise.
                    scaler=b.scaler if b.scaler.is_enabled() else None,
                    config=cfg.to_dict(), grad_every=grad_every, param_every=param_every,
-                   overwrite=overwrite)
+                   overwrite=overwrite, profile=getattr(recorder_options, "profile", None))
 
 
 def evaluate(b: Built, inj: frozenset[str] = frozenset()) -> tuple[float, float]:
@@ -260,13 +260,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
             losses: list[torch.Tensor] = []  # one device tensor per optimizer step
             step_loss = torch.zeros((), device=device)
             # islice: stop after whole accumulation groups without fetching another batch.
-            for i, (x, y) in enumerate(islice(mon.loader(b.train_loader), steps_now * accum)):
+            batches = b.train_loader
+            if "nonfinite-inputs" in inj:  # the loader itself delivers the corrupted batch
+                batches = injections.nan_batch(batches, first_step=st.step, accum=accum, at=cfg.nan_step)
+            for i, (x, y) in enumerate(islice(mon.loader(batches), steps_now * accum)):
                 micro = i % accum
                 if micro == 0 and "missing-zero-grad" not in inj:
                     opt.zero_grad(set_to_none=True)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if "nonfinite-inputs" in inj and st.step == cfg.nan_step:
-                    x[0] = float("nan")
                 with b.autocast():
                     logits = _outputs(model, x, inj)
                     if "loss-scale-collapse" in inj:

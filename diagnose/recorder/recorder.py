@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from diagnose.recorder import checkpoints, hooks, numerics, system, warnings_capture
+from diagnose.profiling.window import ProfileWindow
 from diagnose.recorder.writer import RunWriter
 from diagnose.rundir import schema
 
@@ -67,6 +68,8 @@ class RecorderOptions:
     """The writer thread flushes JSON Lines this often; a SIGKILL loses at most this."""
     echo_nonfinite: bool = True
     """Print one line to stderr the first time the loss or a gradient turns NaN/Inf."""
+    profile: ProfileWindow | None = None
+    """Profile these steps with torch.profiler into `rankK/profile/` (docs/profiling.md)."""
 
     def __post_init__(self) -> None:
         if self.grad_every < 1 or self.param_every < 1:
@@ -125,6 +128,7 @@ class Recorder:
         self._bw_handles: list[Any] = []
         self._warned_nonfinite = False
         self._listening = False
+        self._profiler = None
         start = {"type": "start", "schema_version": schema.SCHEMA_VERSION,
                  "run_id": f"{int(self._wall0 * 1000):x}", "started_at": self._wall0,
                  "command": command if command is not None else list(sys.argv),
@@ -132,7 +136,8 @@ class Recorder:
                  "versions": system.versions(), "device": system.device_name(),
                  "options": {"grad_every": self.options.grad_every,
                              "param_every": self.options.param_every,
-                             "flush_interval_s": self.options.flush_interval_s}}
+                             "flush_interval_s": self.options.flush_interval_s,
+                             "profile": self.options.profile.to_dict() if self.options.profile else None}}
         start.update(ranks)
         self.writer.line(schema.META_FILE, start)
         self.writer.line(schema.META_FILE, {"type": "status", "status": schema.STATUS_RUNNING,
@@ -141,6 +146,8 @@ class Recorder:
         hooks.add_global_listener(self)
         warnings_capture.add_listener(self)
         self._listening = True
+        if self.options.profile is not None:
+            self._profile("start")
 
     # ---- attaching ----------------------------------------------------------------------
     def watch(self, model=None, optimizer=None, scheduler=None, scaler=None, *,
@@ -365,6 +372,25 @@ class Recorder:
             self.step += 1
             self._stepped = False
             self._cur = _Step()
+            if self._profiler is not None:
+                self._profile("step")
+
+    def _profile(self, action: str) -> None:
+        """Start, step or stop the profiler; a profiler fault switches profiling off only
+        (a `profile_error` event), never the recorder or the training."""
+        try:
+            if action == "start":
+                from diagnose.profiling.capture import StepProfiler
+
+                self._profiler = StepProfiler(self.rank_dir / schema.PROFILE_DIR, self.options.profile,
+                                              worker=schema.rank_dir_name(self.rank))
+            elif action == "step":
+                self._profiler.step()
+            else:
+                self._profiler.stop()
+        except Exception as exc:  # noqa: BLE001 - profiling is optional, training is not
+            self._profiler = None
+            self.event("profile_error", action=action, message=f"{type(exc).__name__}: {exc}"[:2000])
 
     def on_zero_grad(self, owner: str) -> None:
         self._open_if_stepped()
@@ -610,6 +636,8 @@ class Recorder:
                 self._drain(block=True)
         except Exception as exc:  # noqa: BLE001
             self._fault(exc)
+        if self._profiler is not None:
+            self._profile("stop")
         self._closed = True
         for handle in self._bw_handles:
             handle.remove()

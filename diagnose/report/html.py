@@ -35,7 +35,7 @@ from typing import TextIO
 
 import numpy as np
 
-from diagnose.report import Report, build_report
+from diagnose.report import Report, build_report, profile_section
 from diagnose.report._html_parts import Numbered, command_text, esc, finding_card, flatten, kv_table, value_text
 from diagnose.report._style import CSS
 from diagnose.report.figures import RUN_COLORS, Mark, Plot, Series
@@ -177,6 +177,7 @@ def render_html(reports: Sequence[Report]) -> str:
         _summary(reports, labels),
         _findings(reports, labels, numbered),
         _figures(plots, numbered),
+        profile_section.html_section(list(reports), list(labels)),
         _notes(reports, labels),
         "</main>",
         _footer(reports),
@@ -235,6 +236,8 @@ def _toc(reports: Sequence[Report], plots: list[tuple[FigureSpec, list[Plot]]]) 
     total = sum(len(r.findings) for r in reports)
     links = ['<a href="#summary">Run</a>', f'<a href="#findings">Findings ({total})</a>']
     links += [f'<a href="#fig-{esc(spec.key)}">{esc(spec.title)}</a>' for spec, _ in plots]
+    if any(profile_section.profiles(r) for r in reports):
+        links.append('<a href="#profile">Profile</a>')
     links.append('<a href="#notes">Notes</a>')
     return f'<nav class="toc">{"".join(links)}</nav>'
 

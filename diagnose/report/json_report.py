@@ -5,7 +5,8 @@
              "device", "world_size", "started_at", "command"},
      "findings": [{"rule", "severity", "title", "steps": [first, last] | null,
                    "evidence": {...}, "explanation", "fix", "rank"}],
-     "notes": ["..."]}
+     "notes": ["..."],
+     "profile": {"0": {...}}}   # only when profiled: per rank, diagnose.profiling.summary.ProfileSummary
 
 Always valid JSON: NaN and Inf (which JSON cannot hold) are written as the strings
 "nan", "inf", "-inf", as in the run directory; numpy scalars and arrays become numbers
@@ -22,7 +23,7 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from diagnose.report import Report
+from diagnose.report import Report, profile_section
 
 JSON_SCHEMA_VERSION = 1
 """Version of this document's shape; bumped when a key changes meaning or goes away."""
@@ -61,6 +62,7 @@ def report_document(report: Report) -> dict[str, Any]:
         "run": report.summary.to_dict(),
         "findings": [f.to_dict() for f in report.findings],
         "notes": list(report.notes),
+        **({"profile": profile} if (profile := profile_section.json_data(report)) else {}),
     })
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from diagnose.report import Report
+from diagnose.report import Report, profile_section
 from diagnose.report.summary import RunSummary, format_duration
 from diagnose.rules._base import Finding, RuleSpec, Severity
 
@@ -106,6 +106,9 @@ def plain_text(report: Report) -> str:
             lines.append("    Fix:")
             lines += [f"      {line}" if line else "" for line in finding.fix.splitlines()]
         lines.append("")
+    profile = profile_section.text_lines(report)
+    if profile:
+        lines += [*profile, ""]
     notes = visible_notes(report.notes)
     if notes:
         lines.append("Notes:")
@@ -154,6 +157,12 @@ def _render_rich(report: Report, console: Console) -> None:
         if finding.fix:
             console.print(Text("Fix:", style="bold"))
             console.print(Text(textwrap.indent(finding.fix, "  ")))
+        console.print()
+    profile = profile_section.text_lines(report)
+    if profile:
+        console.print(Text(profile[0], style="bold"))
+        for line in profile[1:]:
+            console.print(Text(line))
         console.print()
     notes = visible_notes(report.notes)
     if notes:

@@ -19,6 +19,7 @@ from typing import Any, Callable, TypeVar
 
 import pandas as pd
 
+from diagnose.profiling.load import read_profile
 from diagnose.rundir import schema
 from diagnose.rundir._calls import CallTokens, calls_table, tokens_from_jsonl, tokens_from_records
 from diagnose.rundir._jsonl import parse_records, partition_lines, read_frame, read_lines, read_records
@@ -123,6 +124,7 @@ def read_rank(rank_dir: Path, rank: int, notes: list[str]) -> RunTables:
         calls=calls_table(tokens) if tokens is not None else empty_calls(),
         events=_events(others),
         metrics=_metrics(others),
+        profile=read_profile(rank_dir, meta, notes),
     )
 
 

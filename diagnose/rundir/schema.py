@@ -15,6 +15,8 @@ EVENTS_FILE = "events.jsonl"
 GRAD_NORMS_FILE = "grad_norms.arrow"
 PARAM_NORMS_FILE = "param_norms.arrow"
 REPORT_FILE = "report.html"
+PROFILE_DIR = "profile"
+"""Folder in `rankK/` holding torch.profiler traces (`rankK.<ns>.pt.trace.json.gz`), if profiled."""
 
 RANK_DIR_PREFIX = "rank"
 

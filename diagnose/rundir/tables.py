@@ -103,6 +103,8 @@ class RunTables:
             otherwise), `token` (as recorded).
         events: `kind`, `step`, `t_s`, `data` (dict of the record's other fields).
         metrics: long format: `step`, `epoch`, `phase`, `name`, `value` (float).
+        profile: the torch.profiler trace's summary (`diagnose.profiling.summary.ProfileSummary`)
+            when the rank was profiled, else None; `has("profile")` is True only when it parsed.
     """
 
     rank: int = 0
@@ -117,6 +119,7 @@ class RunTables:
     calls: pd.DataFrame = field(default_factory=empty_calls)
     events: pd.DataFrame = field(default_factory=empty_events)
     metrics: pd.DataFrame = field(default_factory=empty_metrics)
+    profile: Any = None
 
     def missing(self, *names: str) -> list[str]:
         """The names among `names` that hold nothing. A name is a table (`"steps"`) or a
@@ -137,6 +140,8 @@ class RunTables:
         if table_name not in TABLE_NAMES:
             raise ValueError(f"unknown table {table_name!r}; tables are {', '.join(TABLE_NAMES)}")
         table = getattr(self, table_name)
+        if table is None or hasattr(table, "ok"):  # the profile summary
+            return table is not None and table.ok and (not column or bool(getattr(table, column, None)))
         if isinstance(table, dict):
             return bool(table.get(column)) if column else bool(table)
         if table.empty:

@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from diagnose.profiling.window import ProfileWindow
 from diagnose.recorder.recorder import RecorderOptions, RunDirExistsError
 from diagnose.zerocode.runner import EXIT_INTERRUPTED, EXIT_TERMINATED, run_script
 
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="Per-parameter gradient norms every N steps.")
     parser.add_argument("--param-every", type=int, default=25,
                         help="Per-parameter weight norms every N steps.")
+    parser.add_argument("--profile-steps", default=None, metavar="WAIT,WARMUP,ACTIVE",
+                        help="Profile these steps with torch.profiler (docs/profiling.md).")
     parser.add_argument("script", type=Path, help="The training script.")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="The script's arguments.")
     return parser
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         out = default_run_dir(ns.script.stem)
     sys.argv[0:1] = ["python", "-m", "diagnose.zerocode"]  # the recorded command line
     try:
-        options = RecorderOptions(grad_every=ns.grad_every, param_every=ns.param_every)
+        options = RecorderOptions(grad_every=ns.grad_every, param_every=ns.param_every,
+                                  profile=ProfileWindow.coerce(ns.profile_steps))
         code = run_script(ns.script, args, out, options=options, overwrite=ns.overwrite)
     except (RunDirExistsError, FileNotFoundError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)

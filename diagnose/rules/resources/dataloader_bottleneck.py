@@ -43,6 +43,12 @@ dataset that decodes and caches items in the main process waits 15% (29% of its 
 The slow loaders of `tests/harness/faults_resources.py` (a sleeping `__getitem__`, a
 sleeping `collate_fn`) wait 95%; the reference loop's `--inject dataloader-bottleneck`
 (collate sleeps 50 ms) waits 50–55% on CPU, more on a GPU where the step is shorter.
+
+## With a profile
+When the run was profiled (`--profile`), the evidence adds the profiler's breakdown of
+the profiled steps (`profile`: the data-loading share and the others, from
+torch-tb-profiler): a second, independent measure of the same wait. It never decides
+the finding, which needs the recorded steps.
 """
 from __future__ import annotations
 
@@ -118,5 +124,10 @@ def check(run: RunTables) -> list[Finding]:
                    f"{float(frame['step'].sum()):.1f} s waiting for the next batch; in the median step "
                    f"{median_share:.0%} of the step. Meanwhile the model computes nothing: with the data "
                    f"ready in time these steps would run up to {speedup:.1f}x faster.")
+    if run.has("profile"):  # the profiler's own measure of the same thing, if a trace exists
+        evidence["profile"] = run.profile.corroboration()
+        explanation += (f" The profiler's trace of steps {run.profile.steps[0].step}-{run.profile.steps[-1].step} "
+                        f"puts data loading at {run.profile.mean_share('data_loading'):.0%} of the step "
+                        "(torch-tb-profiler's breakdown; see the profile section).")
     return [Finding(rule=NAME, severity=SEVERITY, title=title, steps=(first, last),
                     evidence=evidence, explanation=explanation, fix=_FIX)]
