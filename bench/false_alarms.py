@@ -151,6 +151,8 @@ def fault_runs(reference: bool) -> list[tuple[Result, Callable[[Path], Any]]]:
         from reference_loop.injections import INJECTIONS
 
         for inj in INJECTIONS.values():
+            if inj.min_ranks > 1:  # needs torchrun; tests/distributed/test_reference_ddp.py
+                continue
             jobs.append((Result("fault", "reference", f"--inject {inj.name}", 0, expected=inj.triggers),
                          _reference_train({"inject": [inj.name], "seed": 0})))
     for path in sorted((ROOT / "tests" / "harness").glob("faults_*.py")):

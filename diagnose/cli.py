@@ -56,6 +56,7 @@ class _LazyGroup(click.Group):
 
     lazy: dict[str, str] = {
         "run": "diagnose.cli_run:run",  # `diagnose run`: written by the recorder's author
+        "export": "diagnose.integrations.export:export",  # imports torch (SummaryWriter)
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -101,23 +102,34 @@ def _names(values: tuple[str, ...]) -> list[str] | None:
 @click.option("--html", "html", is_flag=False, flag_value="", default=None, metavar="FILE",
               help="Also write the HTML report to FILE (without FILE: report.html in the run directory). "
                    "Several RUN_DIRs make one comparison page. Give FILE as --html=FILE or after the RUN_DIRs.")
+@click.option("--tag-map", "tag_map", multiple=True, metavar="TAG=FIELD",
+              help="TensorBoard logs: read TAG as FIELD (loss, val_loss, lr, lr:N, grad_norm, grad_norm:NAME, "
+                   "scale, epoch, ..., ignore; docs/integrations.md). Repeat for several tags.")
 @_one_line_errors
 def report(run_dirs: tuple[Path, ...], format_name: str, select: tuple[str, ...], ignore: tuple[str, ...],
-           fail_on: str, output: Path | None, html: str | None) -> None:
+           fail_on: str, output: Path | None, html: str | None, tag_map: tuple[str, ...]) -> None:
     """Analyse one or more run directories and report what is wrong.
 
     RUN_DIR is a folder written by `diagnose run` or `Monitor` (or one of its rankN/
-    folders). Progress goes to standard error, the report to standard output.
+    folders), or a TensorBoard log directory (SummaryWriter, Lightning, HF Trainer):
+    the rules whose inputs the logs hold run, the notes say which could not.
+    Progress goes to standard error, the report to standard output.
     """
+    from diagnose.integrations.tb_tags import TagMapError, parse_tag_map
+
     fmt = FORMATS[format_name]
     select_names, ignore_names = _names(select), _names(ignore)
     resolve(catalogue(), select_names, ignore_names)  # bad names fail before any reading
+    try:
+        parse_tag_map(tag_map)
+    except TagMapError as exc:
+        raise click.UsageError(str(exc)) from None
     if html == "" and len(run_dirs) > 1:
         raise click.UsageError("--html needs a FILE with several run directories (--html=compare.html)")
     reports = []
     for run_dir in run_dirs:
         click.echo(f"diagnose: reading {run_dir}", err=True)
-        reports.append(analyse(run_dir, select_names, ignore_names))
+        reports.append(analyse(run_dir, select_names, ignore_names, tag_map))
     if output is not None:
         with output.open("w", encoding="utf-8") as stream:
             fmt.write(reports, stream)

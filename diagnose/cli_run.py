@@ -4,10 +4,12 @@
     diagnose run --inject eval-with-grad      # see what a warning looks like
     diagnose run train.py -- --lr 3e-4        # the user's unchanged script
     diagnose run --nproc-per-node 2 train.py  # under torchrun, one recorder per rank
+    diagnose run --nproc-per-node 2           # the reference loop with DDP, 2 processes
 """
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import sys
 from pathlib import Path
 
@@ -40,9 +42,17 @@ def default_run_dir(label: str) -> Path:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty directory unless --overwrite (nothing is lost silently)."""
+    """Refuse an existing non-empty directory unless --overwrite (nothing is lost silently).
+    Under torchrun (one `diagnose run` per rank) only this rank's `rankK/` folder counts:
+    the other ranks may already be writing theirs."""
     if out.exists() and not out.is_dir():
         raise click.UsageError(f"--out {out} exists and is not a directory")
+    if _launched_rank() is not None:
+        mine = out / f"rank{_launched_rank()}"
+        if mine.is_dir() and any(mine.iterdir()) and not overwrite:
+            raise click.UsageError(f"--out {out} already holds {mine.name}/; choose a new directory "
+                                   "or pass --overwrite")
+        return
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise click.UsageError(
             f"--out {out} is not empty; choose a new directory or pass --overwrite")
@@ -84,8 +94,9 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
               help="The window: skip WAIT steps, warm up WARMUP, record ACTIVE (default 5,2,5: steps "
                    "7-11). Implies --profile.")
 @click.option("--nproc-per-node", "nproc", type=click.IntRange(min=1), default=None,
-              help="Launch SCRIPT in N processes through torchrun (torch.distributed.run "
-                   "--standalone), each recorded into its own rankK/ folder; one report at the end.")
+              help="Launch SCRIPT, or the reference loop with DDP (gloo on CPU, nccl on CUDA), "
+                   "in N processes through torchrun (torch.distributed.run --standalone), each "
+                   "recorded into its own rankK/ folder; one report at the end.")
 def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, seed,
         config_file, inject, resume, grad_every, param_every, no_report, nproc, profile,
         profile_steps) -> None:
@@ -116,19 +127,30 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
         _finish(out, no_report)
         sys.exit(code)
 
-    if nproc is not None:
-        raise click.UsageError("--nproc-per-node needs a SCRIPT")
     if script_args:
         raise click.UsageError(f"unexpected arguments: {' '.join(script_args)}")
     config = _reference_config(config_file, task=task, epochs=epochs, steps=steps,
                                device=device, amp=amp, seed=seed, inject=list(inject),
                                resume=resume)
+    _check_ranks(config, nproc)
     label = getattr(config, "task", "run") + ("-" + "-".join(inject) if inject else "")
     out = out or default_run_dir(label)
     check_out_dir(out, overwrite)
+    if nproc is not None:
+        flags = {"--task": task, "--epochs": epochs, "--steps": steps, "--device": device, "--amp": amp,
+                 "--seed": seed, "--config": config_file, "--resume": resume,
+                 "--grad-every": grad_every, "--param-every": param_every}
+        args = [a for flag, value in flags.items() if value is not None for a in (flag, str(value))]
+        args += [a for name in inject for a in ("--inject", name)] + (["--overwrite"] if overwrite else [])
+        code = _torchrun(nproc, ["-m", "diagnose.cli", "run", "--no-report", "--out", str(out), *args], out,
+                         f"the reference loop ({config.task}) with DDP")
+        _finish(out, no_report)
+        sys.exit(code)
     from reference_loop.train import train
 
-    click.echo(f"diagnose: training the reference loop ({config.task}) into {out}", err=True)
+    main_rank = _launched_rank() in (None, 0)
+    if main_rank:
+        click.echo(f"diagnose: training the reference loop ({config.task}) into {out}", err=True)
     try:
         train(config, out, progress=True, overwrite=overwrite,
               recorder_options=options)
@@ -142,7 +164,28 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
                    f"the run was recorded as crashed in {out}", err=True)
         _finish(out, no_report)
         sys.exit(1)
-    _finish(out, no_report)
+    if main_rank:  # under torchrun: rank 0 reports, after train() waited for every rank
+        _finish(out, no_report)
+
+
+def _launched_rank() -> int | None:
+    """This process's rank when torchrun started several (None otherwise)."""
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return None
+    return rank if world > 1 else None
+
+
+def _check_ranks(config, nproc: int | None) -> None:
+    """A usage error when an injection needs more processes than the run will have."""
+    from reference_loop.injections import check_world_size
+
+    world = nproc or int(os.environ.get("WORLD_SIZE", "1") or 1)
+    try:
+        check_world_size(config.inject, world)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _profile_window(profile: bool, steps: str | None):
@@ -180,16 +223,22 @@ def _run_script(script: Path, args: list[str], out: Path, options, overwrite: bo
 
 def _run_torchrun(nproc: int, script: Path, args: list[str], out: Path, options, overwrite: bool) -> int:
     """Run `python -m diagnose.zerocode` in `nproc` processes under torchrun; its exit code."""
-    import subprocess
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--standalone", "-m", "diagnose.zerocode", "--out", str(out),
+    command = ["-m", "diagnose.zerocode", "--out", str(out),
                "--grad-every", str(options.grad_every), "--param-every", str(options.param_every)]
     if options.profile is not None:
         window = options.profile
         command += ["--profile-steps", f"{window.wait},{window.warmup},{window.active}"]
     command += (["--overwrite"] if overwrite else []) + [str(script), "--", *args]
-    click.echo(f"diagnose: {nproc} processes through torchrun into {out}", err=True)
+    return _torchrun(nproc, command, out, str(script))
+
+
+def _torchrun(nproc: int, program: list[str], out: Path, what: str) -> int:
+    """`python -m torch.distributed.run --nproc-per-node N --standalone PROGRAM`; its exit code."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--standalone", *program]
+    click.echo(f"diagnose: {what} in {nproc} processes through torchrun into {out}", err=True)
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from reference_loop import injections
 from reference_loop.config import TrainConfig
+from reference_loop.distributed import Ranks, from_env, wrap
 from reference_loop.data import TaskData, build_datasets, build_loaders
 from reference_loop.model import build_model
 from reference_loop.optim import build_optimizer, build_scheduler
@@ -46,6 +47,10 @@ class Built:
     """Optimizer steps in the whole run (epochs x steps_per_epoch, capped by max_steps)."""
     epochs: int
     """Epochs the run will start (the last may be partial under max_steps)."""
+    ranks: Ranks = field(default_factory=Ranks)
+    """This process's rank and the world size (one rank without torchrun). With several
+    ranks `model` is wrapped in DistributedDataParallel (`distributed.unwrap` gives the
+    module) and the loaders hold this rank's part of the data."""
 
     @property
     def amp(self) -> str:
@@ -83,21 +88,33 @@ def seed_everything(seed: int) -> None:
 
 
 def build(config: TrainConfig) -> Built:
-    """Data, model, optimizer, scheduler and scaler for `config`, seeded; no step taken."""
+    """Data, model, optimizer, scheduler and scaler for `config`, seeded; no step taken.
+
+    In a process group of several ranks (see reference_loop.distributed): this rank's
+    GPU (cuda:LOCAL_RANK), this rank's part of the data, the model in DDP, and torch
+    reseeded with seed + rank once everything shared is built (dropout differs by rank).
+    """
     cfg = config
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
+    ranks = from_env()
     device = resolve_device(cfg.device)
+    if ranks.distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ranks.local_rank)
     amp_dtype = resolve_amp(cfg.amp, device)
 
     data = build_datasets(cfg)
-    train_loader, val_loader = build_loaders(cfg, data, pin_memory=device.type == "cuda")
+    train_loader, val_loader = build_loaders(cfg, data, pin_memory=device.type == "cuda",
+                                             rank=ranks.rank, world_size=ranks.world_size)
     model = build_model(cfg, data.num_classes).to(device)
     if "dead-units" in cfg.inject:
         with torch.no_grad():
             model.probe.bias.fill_(injections.DEAD_BIAS)
     optimizer = build_optimizer(cfg, model)
+    if ranks.distributed:
+        model = wrap(model, device)
+        torch.manual_seed(cfg.seed + ranks.rank)
 
     steps_per_epoch = len(train_loader) // cfg.accum_steps
     if steps_per_epoch == 0:
@@ -109,4 +126,4 @@ def build(config: TrainConfig) -> Built:
     scheduler = build_scheduler(cfg, optimizer, total_steps, epochs)
     scaler = torch.amp.GradScaler(device.type, init_scale=cfg.init_scale, enabled=amp_dtype == torch.float16)
     return Built(model, optimizer, scheduler, scaler, train_loader, val_loader, data, device, amp_dtype,
-                 steps_per_epoch, total_steps, epochs)
+                 steps_per_epoch, total_steps, epochs, ranks)

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 16, 16)
@@ -126,8 +126,15 @@ def slow_collate(batch, delay_s: float):
     return default_collate(batch)
 
 
-def build_loaders(cfg, data: TaskData, *, pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+def build_loaders(cfg, data: TaskData, *, pin_memory: bool = False, rank: int = 0,
+                  world_size: int = 1) -> tuple[DataLoader, DataLoader]:
     """Training loader (shuffled with its own seeded generator) and validation loader.
+
+    With several ranks (`world_size` > 1) each rank loads its own part: the training
+    loader through a DistributedSampler (shuffled by seed and epoch: call
+    `loader.sampler.set_epoch(epoch)`; the last incomplete shard is dropped), the
+    validation loader every `world_size`-th sample from `rank` on (no padding, so the
+    ranks' summed scores count each sample once).
 
     The training loader's generator is the only RNG that decides the batch order; its state
     is saved in checkpoints, so a resumed run sees the same batches as an uninterrupted one.
@@ -135,18 +142,25 @@ def build_loaders(cfg, data: TaskData, *, pin_memory: bool = False) -> tuple[Dat
     samples, and BatchNorm never normalises a batch of one.
     """
     collate = default_collate
-    if "dataloader-bottleneck" in cfg.inject:
+    straggler = "rank-straggler" in cfg.inject and world_size > 1 and rank == world_size - 1
+    if "dataloader-bottleneck" in cfg.inject or straggler:
         collate = functools.partial(slow_collate, delay_s=cfg.slow_data_s)
     # No persistent_workers: a persistent iterator skips the per-epoch draw of the workers'
     # base seed from the generator, so a resumed run (a fresh iterator) would shuffle
     # differently from the uninterrupted one. Restarting workers costs ~0.1 s per epoch.
     common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory)
-    train = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                       generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate, **common)
+    sampler, val_set = None, data.val
+    if world_size > 1:
+        sampler = DistributedSampler(data.train, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=True)
+        val_set = Subset(data.val, range(rank, len(data.val), world_size))
+    train = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                       drop_last=True, generator=torch.Generator().manual_seed(cfg.seed),
+                       collate_fn=collate, **common)
     if len(train) == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training samples")
     # Validation keeps every sample (no drop_last); its own generator keeps it from drawing
     # worker seeds from the global RNG, so evaluating never shifts the training's dropout.
-    val = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
+    val = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False,
                      generator=torch.Generator().manual_seed(cfg.seed + 1), **common)
     return train, val

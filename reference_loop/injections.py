@@ -58,6 +58,22 @@ def _tiny_lr(cfg: Any) -> dict[str, Any]:
     return {"lr": TINY_LR}
 
 
+def _block_not_batch(cfg: Any) -> dict[str, Any]:
+    # seq_len == batch size makes (B, T) and (T, B) look alike: the rule cannot tell them apart
+    return {"block_size": cfg.block_size // 2} if cfg.block_size == cfg.batch_size else {}
+
+
+def nan_batch(loader: Any, *, first_step: int, accum: int, at: int):
+    """The loader's batches, the first micro-batch of optimizer step `at` with NaN in its
+    first input (the nonfinite-inputs injection: bad data from the pipeline, as the
+    training loop receives it). `first_step`: the optimizer step the iteration starts at."""
+    for i, (x, y) in enumerate(loader):
+        if first_step + i // accum == at and i % accum == 0:
+            x = x.clone()
+            x[0] = float("nan")
+        yield x, y
+
+
 @dataclass(frozen=True)
 class Injection:
     name: str
@@ -72,6 +88,8 @@ class Injection:
     """Tasks it applies to."""
     also: tuple[str, ...] = ()
     """Other rules it is expected to trigger too (a side effect of the same bug)."""
+    min_ranks: int = 1
+    """Processes it needs (the rank injections need torchrun: --nproc-per-node 2)."""
 
     @property
     def triggers(self) -> str:
@@ -81,6 +99,7 @@ class Injection:
 # Shared numbers, so tests and docs agree with the loop.
 EXPLODE_LR = 50.0  # ~1000x a sane SGD LR (0.05) for these models
 TINY_LR = 1e-9
+THRASH_LR_FACTOR = 1000.0
 DEAD_BIAS = -1e3
 LOGIT_OVERFLOW = 1e9
 
@@ -173,13 +192,31 @@ _ALL = [
         forces=_tiny_lr, also=("update-ratio",)),
     Injection(
         "nonfinite-inputs",
-        "One training batch (at optimizer step `nan_step`) gets NaN in its first image; the "
-        "loss, gradients and then the weights become NaN.",
+        "The training loader delivers one batch (at optimizer step `nan_step`) with NaN in its "
+        "first image; the loss, gradients and then the weights become NaN.",
         tasks=("images",), also=("nonfinite-loss", "nonfinite-gradients")),
+    Injection(
+        "update-ratio",
+        f"The parameters of one hidden layer (`model.probe`) get their own param group with "
+        f"{THRASH_LR_FACTOR:g}x the LR (3.0 for AdamW at the default 3e-3): every step rewrites "
+        "a large part of that layer (update/weight ratio ~0.1-1 instead of ~1e-3), which "
+        "thrashes instead of learning."),
     Injection(
         "softmax-before-cross-entropy",
         "The logits go through softmax before F.cross_entropy (which applies log-softmax "
         "itself), so the loss sees probabilities and learns slowly."),
+    Injection(
+        "loss-shape-broadcast",
+        "An auxiliary confidence loss, F.mse_loss(max softmax probability (N, 1), correct (N,)), "
+        "weighted 0.1, is added to the cross-entropy: the shapes broadcast to (N, N), so each "
+        "confidence is regressed to the batch's accuracy, not its own sample's (torch warns).",
+        tasks=("images",), also=("framework-warning",)),
+    Injection(
+        "rnn-batch-first-mismatch",
+        "The chars task's model becomes an LSTM language model (embedding, nn.LSTM built with "
+        "batch_first=False, head) fed the loader's batch-major (B, T) embeddings as they are, so "
+        "it recurs across the batch. Forces block_size != batch_size (halves it when equal).",
+        forces=_block_not_batch, tasks=("chars",)),
     Injection(
         "zero-lr-steps",
         "The warmup-cosine schedule is laid out over half the run and holds LR exactly 0 "
@@ -190,12 +227,31 @@ _ALL = [
         "checkpoint-incomplete",
         "Checkpoints hold the model weights only (no optimizer, scheduler, scaler, EMA or "
         "RNG state): such a checkpoint cannot be resumed."),
+    Injection(
+        "rank-straggler",
+        "The last rank's batches arrive `slow_data_s` (config) late (its collate function "
+        "sleeps): under DDP every rank waits for it at each gradient all-reduce. Needs "
+        "--nproc-per-node 2 or more.",
+        min_ranks=2, also=("dataloader-bottleneck",)),
+    Injection(
+        "rank-desync",
+        "At optimizer step `nan_step` (config) the last rank puts an Inf into one gradient after "
+        "DDP's all-reduce: only its GradScaler skips the step and halves its scale, and from "
+        "then on its weights differ from the other ranks'. Forces amp=fp16. Needs "
+        "--nproc-per-node 2 or more.",
+        forces=_fp16, min_ranks=2),
+    Injection(
+        "rank-killed",
+        "The last rank kills itself with SIGKILL at optimizer step `nan_step` (config), as the "
+        "kernel's OOM killer would: no exception, no flush; torchrun then stops the other ranks. "
+        "Needs --nproc-per-node 2 or more.",
+        rule="rank-desync", min_ranks=2),
 ]
 
 INJECTIONS: dict[str, Injection] = {inj.name: inj for inj in _ALL}
 """Every injection by name, in a stable order."""
 
-ALIASES: dict[str, str] = {"tiny-lr": "loss-plateau", "update-ratio": "loss-plateau"}
+ALIASES: dict[str, str] = {"tiny-lr": "loss-plateau"}
 """Other accepted names; `resolve` maps them to the canonical name."""
 
 
@@ -212,6 +268,15 @@ def resolve(names: list[str] | tuple[str, ...] | str) -> list[str]:
         if name not in out:
             out.append(name)
     return out
+
+
+def check_world_size(names: list[str] | tuple[str, ...], world_size: int) -> None:
+    """ValueError (one line) when an injection needs more processes than the run has."""
+    for name in names:
+        needed = INJECTIONS[name].min_ranks
+        if world_size < needed:
+            raise ValueError(f"injection {name} needs {needed} or more processes "
+                             f"(diagnose run --nproc-per-node {needed}); this run has {world_size}")
 
 
 def describe() -> str:

@@ -28,8 +28,14 @@ def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] = froz
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     lr = cfg.lr
-    exclude = {id(p) for p in model.probe.parameters()} if "params-not-updated" in cfg.inject else set()
-    groups = param_groups(model, cfg.weight_decay, exclude)
+    probe = {id(p) for p in model.probe.parameters()}
+    special = "params-not-updated" in cfg.inject or "update-ratio" in cfg.inject
+    groups = param_groups(model, cfg.weight_decay, probe if special else set())
+    if "update-ratio" in cfg.inject:  # the probe layer alone at a far too high LR
+        from reference_loop.injections import THRASH_LR_FACTOR
+
+        groups.append({"params": list(model.probe.parameters()), "weight_decay": cfg.weight_decay,
+                       "lr": lr * THRASH_LR_FACTOR})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas)
@@ -65,7 +71,9 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int, epo
         # OneCycleLR divides by the length of each phase: a phase under 2 steps (a very
         # short run, `--steps 10`) would divide by zero, so the warm-up gets at least 2.
         pct = min(max(cfg.warmup_frac, 2.0 / max(total_steps, 1)), 0.5)
-        return OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 4), pct_start=pct)
+        # max_lr per group: a group's own LR (the update-ratio injection) keeps its ratio.
+        max_lr = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        return OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 4), pct_start=pct)
     if kind == "warmup-cosine":
         # zero-lr-steps: the schedule is laid out over half the run and then holds 0.
         horizon = max(total_steps // 2, 1) if "zero-lr-steps" in cfg.inject else total_steps

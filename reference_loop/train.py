@@ -8,7 +8,8 @@ learns loss, gradient norms and call order from hooks, so nothing here talks to 
     -> scheduler.step() (per-iteration schedules) -> EMA update
 
 After each epoch: validation (eval mode, no_grad, EMA weights, loss weighted by batch
-size), per-epoch scheduler step, checkpoint, early stopping. Fault injections (see
+size), per-epoch scheduler step, checkpoint, early stopping. Under torchrun the same loop
+runs on every rank with the model in DDP (reference_loop/distributed.py says what changes). Fault injections (see
 injections.py) are `if "NAME" in inj` at the one place each bug lives.
 
 Cost notes: the per-step loss stays on the device (a tensor per step); the host reads it
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -30,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_loop import checkpoint, injections
+from reference_loop import checkpoint, distributed, injections
 from reference_loop.builder import Built, build, resolve_amp, resolve_device, seed_everything
 from reference_loop.checkpoint import CheckpointManager
 from reference_loop.config import TrainConfig
@@ -94,7 +97,9 @@ def open_monitor(cfg: TrainConfig, run_dir: Path, b: Built, *, overwrite: bool =
 
     grad_every = getattr(recorder_options, "grad_every", cfg.grad_every)
     param_every = getattr(recorder_options, "param_every", cfg.param_every)
-    return Monitor(run_dir, model=b.model, optimizer=b.optimizer, scheduler=b.scheduler,
+    # The module inside DDP: its forward hooks see the training forwards (DDP calls it) and
+    # the evaluation ones (run on it directly), and its parameter names carry no "module.".
+    return Monitor(run_dir, model=distributed.unwrap(b.model), optimizer=b.optimizer, scheduler=b.scheduler,
                    # A disabled scaler is a pass-through: recording it would only add noise.
                    scaler=b.scaler if b.scaler.is_enabled() else None,
                    config=cfg.to_dict(), grad_every=grad_every, param_every=param_every,
@@ -106,9 +111,12 @@ def evaluate(b: Built, inj: frozenset[str] = frozenset()) -> tuple[float, float]
 
     Eval mode (dropout off, BatchNorm running statistics), no autograd graph, and the mode
     it found restored after. Losses are summed and divided by the number of targets, so a
-    smaller last batch weighs what it holds, not as much as a full one.
+    smaller last batch weighs what it holds, not as much as a full one. With several
+    ranks each scores its part of the validation set with the unwrapped model (DDP's
+    forward would broadcast buffers, a collective the ranks' unequal batch counts would
+    hang), and the sums are all-reduced: every rank returns the same exact numbers.
     """
-    model = b.model
+    model = distributed.unwrap(b.model)
     was_training = model.training
     if "eval-without-eval-mode" not in inj:
         model.eval()
@@ -127,7 +135,11 @@ def evaluate(b: Built, inj: frozenset[str] = frozenset()) -> tuple[float, float]
             count += y.numel()
     if "train-mode-not-restored" not in inj:
         model.train(was_training)
-    return (loss_sum / count).item(), (correct / count).item()
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(),
+                                                     torch.tensor(float(count), device=b.device,
+                                                                  dtype=torch.float64)]))
+    loss_sum, correct, count = totals.tolist()
+    return loss_sum / count, correct / count
 
 
 def _outputs(model: nn.Module, x: torch.Tensor, inj: frozenset[str]) -> torch.Tensor:
@@ -152,10 +164,15 @@ class _State:
 
 
 def _checkpoint_state(cfg: TrainConfig, b: Built, ema: EMA | None, st: _State) -> dict[str, Any]:
+    """What a checkpoint holds. Called on every rank (the RNG states are gathered), saved
+    by rank 0; the model's own state dict, without DDP's "module." prefixes."""
+    net = distributed.unwrap(b.model)
     if "checkpoint-incomplete" in cfg.inject:
-        return {"model": b.model.state_dict(), "epoch": st.epoch}
+        return {"model": net.state_dict(), "epoch": st.epoch}
+    rng = checkpoint.capture_rng({"train_loader": b.train_loader.generator})
+    rng_ranks = distributed.gather_objects(rng) if b.ranks.distributed else None
     return {
-        "model": b.model.state_dict(),
+        "model": net.state_dict(),
         "optimizer": b.optimizer.state_dict(),
         "scheduler": _scheduler_state(b.scheduler) if b.scheduler is not None else None,
         "scaler": b.scaler.state_dict(),
@@ -167,7 +184,8 @@ def _checkpoint_state(cfg: TrainConfig, b: Built, ema: EMA | None, st: _State) -
         "bad_epochs": st.bad_epochs,
         "history": {k: list(v) for k, v in st.history.items()},
         "config": cfg.to_dict(),
-        "rng": checkpoint.capture_rng({"train_loader": b.train_loader.generator}),
+        "rng": rng,
+        **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
     }
 
 
@@ -189,7 +207,7 @@ def _resume(path: str, b: Built, ema: EMA | None) -> _State:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}; it cannot be resumed")
     if (s["scheduler"] is None) != (b.scheduler is None) or (s["ema"] is None) != (ema is None):
         raise ValueError(f"checkpoint {path} was saved with a different scheduler/EMA setting")
-    b.model.load_state_dict(s["model"])
+    distributed.unwrap(b.model).load_state_dict(s["model"])
     b.optimizer.load_state_dict(s["optimizer"])
     if b.scheduler is not None:
         b.scheduler.load_state_dict(s["scheduler"])
@@ -199,8 +217,12 @@ def _resume(path: str, b: Built, ema: EMA | None) -> _State:
         ema.load_state_dict(s["ema"])
     st = _State(s["epoch"], s["step"], s["best_val_loss"], s["best_epoch"], s["bad_epochs"],
                 {k: list(v) for k, v in s["history"].items()})
-    # Last: building the model and data above drew random numbers.
-    checkpoint.restore_rng(s["rng"], {"train_loader": b.train_loader.generator})
+    # Last: building the model and data above drew random numbers. Each rank its own
+    # states when the checkpoint has one per rank (saved with the same number of ranks).
+    rng = s["rng"]
+    if b.ranks.distributed and len(s.get("rng_ranks") or []) == b.ranks.world_size:
+        rng = s["rng_ranks"][b.ranks.rank]
+    checkpoint.restore_rng(rng, {"train_loader": b.train_loader.generator})
     return st
 
 
@@ -217,19 +239,38 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
 
     A fresh run (no `resume`) starts by deleting checkpoints an earlier run left in
     run_dir/checkpoints, so "latest" and "best" always mean this run's.
+
+    Under torchrun (RANK/WORLD_SIZE set) it joins the process group and trains with DDP;
+    only rank 0 shows progress and writes checkpoints (reference_loop/distributed.py).
     """
-    t_start = time.perf_counter()
     cfg, inj = config, frozenset(config.inject)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    ranks, created = distributed.setup(resolve_device(cfg.device).type)
+    injections.check_world_size(cfg.inject, ranks.world_size)
+    ok = False
+    try:
+        result = _train(cfg, inj, run_dir, progress=progress, progress_file=progress_file,
+                        overwrite=overwrite, recorder_options=recorder_options)
+        ok = True
+        return result
+    finally:
+        distributed.teardown(created, ok)
 
+
+def _train(cfg: TrainConfig, inj: frozenset[str], run_dir: Path, *, progress: bool, progress_file,
+           overwrite: bool, recorder_options: Any) -> TrainResult:
+    t_start = time.perf_counter()
     b = build(cfg)
     model, opt, sched, scaler, device = b.model, b.optimizer, b.scheduler, b.scaler, b.device
     accum = cfg.accum_steps
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    net = distributed.unwrap(model)  # the module itself (DDP's inside, with several ranks)
+    main = b.ranks.is_main
+    last_rank = b.ranks.distributed and b.ranks.rank == b.ranks.world_size - 1
+    ema = EMA(net, cfg.ema_decay) if cfg.ema_decay > 0 else None
     ckpts = CheckpointManager(run_dir / "checkpoints", cfg.keep_last, cfg.save_best) if cfg.checkpoint_every else None
     st = _resume(cfg.resume, b, ema) if cfg.resume else _State()
-    if ckpts is not None and not cfg.resume:
+    if ckpts is not None and not cfg.resume and main:
         ckpts.clear()
 
     step_scheduler = sched is not None and "scheduler-never-stepped" not in inj
@@ -242,9 +283,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
         # The bug: a "feature logging" hook that keeps every training activation of one layer,
         # graph attached, in a list nobody empties (instead of output.detach().cpu(), cleared).
         leaked: list[torch.Tensor] = []
-        model.leak_site.register_forward_hook(
+        net.leak_site.register_forward_hook(
             lambda module, args, out: leaked.append(out) if torch.is_grad_enabled() else None)
-    bar = StepProgress(b.total_steps, enabled=progress, file=progress_file, every=cfg.log_every,
+    bar = StepProgress(b.total_steps, enabled=progress and main, file=progress_file, every=cfg.log_every,
                        start_step=st.step)
     with open_monitor(cfg, run_dir, b, overwrite=overwrite, recorder_options=recorder_options) as mon, bar:
         if b.amp == "fp16" and device.type == "cpu":
@@ -255,6 +296,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
             if st.step >= b.total_steps:
                 break
             mon.epoch(epoch)
+            if b.ranks.distributed:
+                b.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on all ranks
             t_epoch = time.perf_counter()
             steps_now = min(b.steps_per_epoch, b.total_steps - st.step)
             losses: list[torch.Tensor] = []  # one device tensor per optimizer step
@@ -273,6 +316,11 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
                     if "loss-scale-collapse" in inj:
                         logits = logits * injections.LOGIT_OVERFLOW  # fp16 overflows: inf every step
                     loss = F.cross_entropy(logits.flatten(0, -2), y.flatten())
+                    if "loss-shape-broadcast" in inj:  # the bug: (N, 1) against (N,) is (N, N)
+                        flat = logits.flatten(0, -2)
+                        confidence = flat.softmax(-1).amax(-1, keepdim=True)
+                        correct = (flat.argmax(-1) == y.flatten()).float()
+                        loss = loss + 0.1 * F.mse_loss(confidence, correct)
                 if "nonfinite-loss" in inj and st.step == cfg.nan_step:
                     loss = loss * float("nan")
                 # Mean over the accumulation group: the step sees the gradient of one big batch.
@@ -283,6 +331,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
                 scaler.scale(loss).backward()
                 if micro < accum - 1:
                     continue
+
+                if last_rank and st.step == cfg.nan_step:
+                    if "rank-desync" in inj:  # after DDP's all-reduce: only this rank sees it
+                        next(p for p in net.parameters() if p.grad is not None).grad.view(-1)[0] = math.inf
+                    if "rank-killed" in inj:
+                        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
 
                 # --- the optimizer step: unscale, clip, step, update, schedule ---
                 if cfg.grad_clip > 0:
@@ -301,10 +355,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
                 if per_iteration and step_scheduler and not early_sched:
                     sched.step()
                 if ema is not None:
-                    ema.update(model)
+                    ema.update(net)
                 st.step += 1
                 losses.append(step_loss)
-                log_now = progress and (st.step % cfg.log_every == 0 or st.step == b.total_steps)
+                log_now = bar.enabled and (st.step % cfg.log_every == 0 or st.step == b.total_steps)
                 bar.update(st.step, samples=x.shape[0] * accum,
                            loss=step_loss.item() if log_now else None)  # .item(): a host sync
                 step_loss = torch.zeros((), device=device)
@@ -314,7 +368,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
             st.history["loss"].extend(step_losses.tolist())
             train_loss = step_losses.mean().item() if losses else math.nan
 
-            with mon.phase("val"), (ema.applied(model) if ema is not None else contextlib.nullcontext()):
+            with mon.phase("val"), (ema.applied(net) if ema is not None else contextlib.nullcontext()):
                 val_loss, val_acc = evaluate(b, inj)
             mon.log_metrics("train", epoch=epoch, train_loss=train_loss)
             mon.log_metrics("val", epoch=epoch, val_loss=val_loss, val_acc=val_acc)
@@ -340,8 +394,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True,
 
             due = ckpts is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or last or stopped_early)
             if ckpts is not None and (due or (improved and cfg.save_best)):
-                state = _checkpoint_state(cfg, b, ema, st)
-                for path in ckpts.save(state, epoch, is_best=improved, epoch_file=due):
+                state = _checkpoint_state(cfg, b, ema, st)  # every rank: gathers their RNG states
+                for path in ckpts.save(state, epoch, is_best=improved, epoch_file=due) if main else ():
                     mon.log_checkpoint(path, keys=list(state))
 
             bar.print(f"epoch {epoch}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "

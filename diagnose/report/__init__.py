@@ -21,7 +21,7 @@ from diagnose.rules._base import Finding
 from diagnose.rundir import schema
 from diagnose.rundir.tables import Run
 
-__all__ = ["FORMATS", "Format", "Report", "analyse", "build_report"]
+__all__ = ["FORMATS", "Format", "Report", "analyse", "build_report", "load_run"]
 
 
 @dataclass
@@ -41,17 +41,35 @@ def build_report(run: Run, findings: list[Finding], rule_notes: list[str]) -> Re
 
 
 def analyse(path: str | os.PathLike[str], select: Iterable[str] | None = None,
-            ignore: Iterable[str] | None = None) -> Report:
+            ignore: Iterable[str] | None = None, tag_map: Iterable[str] = ()) -> Report:
     """Read the run directory at `path`, run the selected rules, and assemble the report.
 
+    `path` may also be a TensorBoard log directory (diagnose/integrations/tensorboard.py);
+    `tag_map` (`["TAG=FIELD", ...]`) then names tags the automatic detection misses.
     Raises RunDirError (unreadable run directory) and UnknownRuleError (bad select/ignore).
     """
     from diagnose.rules import run_rules
-    from diagnose.rundir.reader import read_run
 
-    run = read_run(path)
+    run = load_run(path, tag_map)
     findings, notes = run_rules(run, select=select, ignore=ignore)
     return build_report(run, findings, notes)
+
+
+def load_run(path: str | os.PathLike[str], tag_map: Iterable[str] = ()) -> Run:
+    """A diagnose run directory, or else a TensorBoard log directory, as a `Run`."""
+    from diagnose.integrations import tensorboard
+    from diagnose.rundir.reader import RunDirError, read_run
+
+    tag_map = list(tag_map)
+    try:
+        run = read_run(path)
+    except RunDirError:
+        if not tensorboard.is_logdir(path):
+            raise
+        return tensorboard.read_logdir(path, tag_map)
+    if tag_map:
+        raise RunDirError(f"{path} is a diagnose run directory; --tag-map applies to TensorBoard logs only")
+    return run
 
 
 @dataclass(frozen=True)

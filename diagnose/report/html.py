@@ -263,7 +263,7 @@ def _facts(report: Report) -> dict[str, str]:
     s, tables = report.summary, report.run.first
     meta = tables.meta
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-    facts = {"Run directory": s.path, "Status": s.status or "unknown"}
+    facts = {"Run directory": s.path, "Status": s.status_text}
     if s.error:
         facts["Error"] = value_text(s.error)
     facts["Command"] = command_text(s.command)
@@ -288,7 +288,8 @@ def _facts(report: Report) -> dict[str, str]:
 
 
 def _status_html(status: str) -> str:
-    known = status if status in ("finished", "crashed", "interrupted", "running") else "running"
+    word = status.split(" ", 1)[0]  # "crashed (rank 1)"
+    known = word if word in ("finished", "crashed", "interrupted", "running") else "running"
     return f'<span class="status {known}">{esc(status)}</span>'
 
 

@@ -2,7 +2,7 @@
 
     {"schema_version": 1,
      "run": {"path", "run_id", "status", "error", "steps", "last_step", "duration_s",
-             "device", "world_size", "started_at", "command"},
+             "device", "world_size", "started_at", "command", "status_rank"},
      "findings": [{"rule", "severity", "title", "steps": [first, last] | null,
                    "evidence": {...}, "explanation", "fix", "rank"}],
      "notes": ["..."],

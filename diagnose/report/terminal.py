@@ -33,10 +33,14 @@ def render(report: Report, stream: TextIO) -> None:
 
 # ---- shared pieces ------------------------------------------------------------------------------
 def header_line(summary: RunSummary) -> str:
-    """`status crashed (RuntimeError: ...) · 1,200 steps · 1m 05s · cpu · 1 rank`."""
+    """`status crashed (RuntimeError: ...) · 1,200 steps · 1m 05s · cpu · 1 rank`; with
+    several ranks, the rank that stopped first: `status crashed (rank 1) · ...`."""
     status = summary.status or "unknown"
+    detail = [f"rank {summary.status_rank}"] if summary.status_rank is not None else []
     if summary.error:
-        status += f" ({summary.error.splitlines()[0][:80]})"
+        detail.append(summary.error.splitlines()[0][:80])
+    if detail:
+        status += f" ({': '.join(detail)})"
     ranks = f"{summary.world_size} rank" + ("s" if summary.world_size != 1 else "")
     return " · ".join([f"status {status}", f"{summary.steps:,} steps", format_duration(summary.duration_s),
                        summary.device or "device ?", ranks])

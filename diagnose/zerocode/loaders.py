@@ -8,6 +8,8 @@ dataset whose loader delivered the last batch before the first optimizer step is
 training data, and each later `iter()` of a loader over it starts a new epoch (the
 zero-code mode's inferred epochs; a loop that builds a new DataLoader every epoch counts
 too).
+Each batch fetched with autograd on is also checked for NaN/Inf (`Session.on_batch`; only
+the training loader's batches count once it is known).
 """
 from __future__ import annotations
 
@@ -51,8 +53,10 @@ def _make_next(session: "Session"):
                 return original(self)
             start = clock()
             try:
-                return original(self)
+                batch = original(self)
             finally:
                 session.on_batch_wait(self, clock() - start)
+            session.safe(session.on_batch, self, batch)
+            return batch
         return __next__
     return make

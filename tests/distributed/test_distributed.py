@@ -116,12 +116,6 @@ def test_diagnose_run_launches_torchrun(runs: dict[str, Path]) -> None:
     assert err.count("diagnose: run directory") == 2, err   # rank 0 and the launcher; rank 1 is quiet
 
 
-def test_nproc_per_node_needs_a_script() -> None:
-    result = CliRunner().invoke(main, ["run", "--nproc-per-node", "2"])
-    assert result.exit_code == 2
-    assert "--nproc-per-node needs a SCRIPT" in result.output
-
-
 # ---- the thresholds, on runs built in memory ------------------------------------------------
 def _run(step_times: dict[int, list[float]], **columns: dict[int, list]) -> Run:
     run = Run(path=Path("."))

@@ -52,7 +52,7 @@ def test_unknown_injection_lists_every_valid_name():
 
 
 def test_injection_aliases_and_duplicates_resolve():
-    assert TrainConfig(inject=["tiny-lr", "loss-plateau", "update-ratio"]).inject == ["loss-plateau"]
+    assert TrainConfig(inject=["tiny-lr", "loss-plateau"]).inject == ["loss-plateau"]
 
 
 def test_forced_settings_are_in_the_config_and_idempotent():

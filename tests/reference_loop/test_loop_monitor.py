@@ -53,7 +53,8 @@ def test_bare_loop_writes_no_run_files(tmp_path, tiny):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", INJECTIONS)
+# The rank injections need torchrun: tests/distributed/test_reference_ddp.py runs them.
+@pytest.mark.parametrize("name", [n for n, inj in INJECTIONS.items() if inj.min_ranks == 1])
 def test_each_injection_runs_under_the_monitor(tmp_path, tiny, name):
     task = "images" if "images" in INJECTIONS[name].tasks else "chars"
     cfg = tiny(task=task, monitor=True, epochs=1, inject=[name], nan_step=2, slow_data_s=0.0,

@@ -2,7 +2,9 @@
 
 ## What it flags
 Across the ranks of one run:
-- a rank whose status is `crashed` (or `interrupted`) while another rank `finished`;
+- a rank that stopped (crashed, was interrupted, or was killed without a word: no end
+  record, its process gone) while the other ranks finished, or before the others stopped
+  too (torchrun stops the job when one rank dies): which rank stopped first, at which step;
 - a rank that recorded fewer optimizer steps than the others;
 - steps that the GradScaler skipped on some ranks but not on others, and loss scales
   that differ between ranks at the same step.
@@ -36,17 +38,20 @@ if ok:
 ## Thresholds
 - Step counts: a rank with at least 2 steps and 5% fewer than the rank with the most.
 - Skipped steps and loss scale: any disagreement at a step every rank recorded.
-- Status: any rank `crashed` or `interrupted` while another `finished`.
+- Status: any rank `crashed` or `interrupted` while another `finished`; or, when no rank
+  finished, ranks that did not all end alike (the first to stop is a rank with an error of
+  its own, else a killed rank, else the earliest; see `diagnose.rundir.ranks`).
 """
 from __future__ import annotations
 
 import pandas as pd
 
 from diagnose.rules._base import Finding, Run, Severity, compact_ranges
+from diagnose.rundir.ranks import first_stop, rank_ends
 
 NAME = "rank-desync"
 SEVERITY = Severity.ERROR
-REQUIRES = ("steps",)
+REQUIRES = ()  # a rank killed before its first flush has no steps: still a finding
 SCOPE = "run"
 
 MIN_MISSING_STEPS = 2
@@ -67,25 +72,40 @@ def _finding(title: str, steps: tuple[int, int] | None, evidence: dict) -> Findi
 
 
 def _status(run: Run) -> list[Finding]:
-    status = {rank: t.meta.get("status") for rank, t in run.ranks.items()}
-    dead = sorted(rank for rank, s in status.items() if s in ("crashed", "interrupted"))
-    if not dead or "finished" not in status.values():
+    first = first_stop(run)
+    if first is None:
         return []
-    rank = dead[0]
-    tables = run.ranks[rank]
-    last = int(tables.steps.index.max()) if len(tables.steps) else None
-    error = tables.meta.get("error")
+    ends = rank_ends(run)
+    status = {e.rank: e.status for e in ends}
+    dead = sorted(e.rank for e in ends if e.stopped)
+    last, error = first.last_step, first.error
+    how = "was killed (no end record, its process is gone)" if first.killed else first.status
+    at = f"after step {last}" if last is not None else "before recording a step"
+    if "finished" in status.values():
+        title = f"Rank {first.rank} {how} while other ranks finished ({at})"
+    else:
+        others = sorted({e.status for e in ends if e.rank != first.rank})
+        title = f"Rank {first.rank} {how} first ({at}); then the other ranks {' or '.join(others)}"
+    title += f": {error.splitlines()[0][:200]}" if error else ""
+    starts = [t.meta.get("started_at") for t in run.ranks.values()
+              if isinstance(t.meta.get("started_at"), (int, float))]
+    stopped_s = {str(e.rank): round(e.end_at - min(starts), 3)
+                 for e in ends if e.stopped and e.end_at is not None and starts}
     return [_finding(
-        f"Rank {rank} {status[rank]} while other ranks finished"
-        + (f" (after step {last})" if last is not None else "") + (f": {error}" if error else ""),
-        (last, last) if last is not None else None,
-        {"status": {str(r): s for r, s in status.items()}, "dead_ranks": dead, "last_step": last,
-         "error": error},
+        title, (last, last) if last is not None else None,
+        {"status": {str(r): s for r, s in status.items()}, "dead_ranks": dead, "first_rank": first.rank,
+         "killed": first.killed, "last_step": last, "error": error,
+         "last_step_by_rank": {str(e.rank): e.last_step for e in ends}, "stopped_at_s": stopped_s},
     )]
 
 
 def _step_counts(run: Run) -> list[Finding]:
-    counts = {rank: len(t.steps) for rank, t in run.ranks.items()}
+    # A killed rank's count says little (its last second may not have been flushed), and
+    # the status finding already says it stopped.
+    killed = {e.rank for e in rank_ends(run) if e.killed}
+    counts = {rank: len(t.steps) for rank, t in run.ranks.items() if rank not in killed}
+    if len(counts) < 2:
+        return []
     most = max(counts.values())
     short = {rank: n for rank, n in counts.items()
              if most - n >= MIN_MISSING_STEPS and most - n >= MIN_MISSING_FRACTION * most}
