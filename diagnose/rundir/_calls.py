@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from diagnose.rundir import schema
+from diagnose.rundir._coerce import as_int
 from diagnose.rundir.tables import CALLS_COLUMNS, empty_calls
 
 _TOKEN = re.compile(r"(?:(?P<obj>[^.\[]+)\.)?(?P<method>[^\[*]+)(?:\[(?P<flags>[A-Za-z]*)\])?(?:\*(?P<count>\d+))?")
@@ -92,7 +93,7 @@ def tokens_from_records(records: list[dict]) -> CallTokens:
     lists = [[str(t) for t in r["calls"]] if isinstance(r.get("calls"), list) else [] for r in records]
     flat = list(itertools.chain.from_iterable(lists))
     codes, uniques = pd.factorize(np.array(flat, dtype=object)) if flat else (np.array([], np.int64), [])
-    steps = [r["step"] if isinstance(r.get("step"), int) else 0 for r in records]
+    steps = [as_int(r.get("step")) or 0 for r in records]  # a wrong-typed step reads as 0
     return CallTokens(np.asarray(steps, dtype=np.int64), np.array([len(t) for t in lists], dtype=np.int64),
                       np.asarray(codes), [str(u) for u in uniques])
 

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from diagnose.rundir._coerce import as_float, is_number, note_dropped
+
 # A "nan"/"inf"/"-inf" string in value position (a key is followed by ':', so it never
 # matches). Both json and pyarrow read the NaN/Infinity literals it becomes.
 _NONFINITE_STRING = re.compile(rb'"(nan|inf|-inf)"(?=\s*[,\]}])')
@@ -105,12 +107,19 @@ def read_frame(path: Path, label: str, notes: list[str], *, expand: tuple[str, .
         return pd.DataFrame()
     lines = body.count(b"\n") + (not body.endswith(b"\n"))
     if body.count(b"\n{") + body.startswith(b"{") != lines:  # a line that is not an object:
-        return _frame_from_records(parse_records(body, label, notes), expand)  # pyarrow may crash on it
+        return _frame_from_records(parse_records(body, label, notes), expand, label, notes)  # pyarrow may crash on it
     try:
         table = pa_json.read_json(io.BytesIO(body))
         table.column_names  # noqa: B018 - pyarrow keeps invalid UTF-8 in a key; naming it raises
     except (pa.ArrowException, UnicodeDecodeError):
-        return _frame_from_records(parse_records(body, label, notes), expand)
+        return _frame_from_records(parse_records(body, label, notes), expand, label, notes)
+    try:
+        return _frame_from_table(table, expand)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):  # a field pyarrow typed that
+        return _frame_from_records(parse_records(body, label, notes), expand, label, notes)  # will not convert
+
+
+def _frame_from_table(table: pa.Table, expand: tuple[str, ...]) -> pd.DataFrame:
     recorded = [name for name, column in zip(table.column_names, table.columns) if column.null_count < len(column)]
     table = table.select(recorded)
     frame = table.select([n for n in recorded if n not in expand]).to_pandas()
@@ -140,7 +149,8 @@ def _scatter(name: str, lengths: np.ndarray, values: np.ndarray) -> pd.DataFrame
     return pd.DataFrame(out, columns=[f"{name}_{i}" for i in range(width)])
 
 
-def _frame_from_records(records: list[dict[str, Any]], expand: tuple[str, ...]) -> pd.DataFrame:
+def _frame_from_records(records: list[dict[str, Any]], expand: tuple[str, ...], label: str,
+                        notes: list[str]) -> pd.DataFrame:
     recorded: dict[str, None] = {}
     for record in records:
         for key, value in record.items():
@@ -153,6 +163,8 @@ def _frame_from_records(records: list[dict[str, Any]], expand: tuple[str, ...]) 
     for name in expand:
         if name in recorded:
             lists = [r.get(name) if isinstance(r.get(name), list) else [r.get(name)] for r in records]
-            flat = pd.to_numeric(pd.Series([v for row in lists for v in row], dtype=object), errors="coerce")
-            frame = frame.join(_scatter(name, np.array([len(row) for row in lists], dtype=np.int64), flat.to_numpy(float)))
+            values = [v for row in lists for v in row]
+            flat = np.array([as_float(v) for v in values], dtype=float)  # NaN if not a number
+            note_dropped(notes, label, name, sum(v is not None and not is_number(v) for v in values), "numbers")
+            frame = frame.join(_scatter(name, np.array([len(row) for row in lists], dtype=np.int64), flat))
     return frame

@@ -17,10 +17,14 @@ import socket
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from diagnose.profiling.load import read_profile
 from diagnose.rundir import schema
+from diagnose.rundir._coerce import (
+    INT_LIMIT, as_float, as_int, int_array, int_lists, numeric_series, typed_fields, typed_records,
+)
 from diagnose.rundir._calls import CallTokens, calls_table, tokens_from_jsonl, tokens_from_records
 from diagnose.rundir._jsonl import parse_records, partition_lines, read_frame, read_lines, read_records
 from diagnose.rundir._norms import NormTables, read_norms
@@ -42,6 +46,18 @@ T = TypeVar("T")
 
 class RunDirError(Exception):
     """The path cannot be read as a run directory; the message is one line for the user."""
+
+# The documented types of each file's fields (docs/run-directory.md); a value of another
+# type is dropped with a note (diagnose/rundir/_coerce.py), never passed on to the rules.
+_START_TYPES = {"run_id": str, "started_at": float, "command": list, "cwd": str, "host": str, "pid": int,
+                "config": dict, "versions": dict, "device": str, "rank": int, "local_rank": int,
+                "world_size": int, "options": dict}
+_STATUS_TYPES = {"status": str, "at": float, "steps": int, "error": str, "incomplete": str}
+_PARAM_TYPES = {"name": str, "shape": list, "dtype": str, "module": str, "module_type": str, "requires_grad": bool}
+_STEP_LISTS = ("nonfinite_grads",)
+_STEP_NUMBERS = ("epoch", "t_s", "loss", "micro_batches", "scale", "scale_after", "grad_norm", "clip_norm",
+                 "clip_max", "step_time_s", "data_wait_s", "samples", "tokens", "mem_alloc_bytes",
+                 "mem_reserved_bytes", "mem_peak_bytes", "rss_bytes")
 
 
 def read_run(path: str | os.PathLike[str]) -> Run:
@@ -114,8 +130,9 @@ def read_rank(rank_dir: Path, rank: int, notes: list[str]) -> RunTables:
         rank=rank,
         path=rank_dir,
         meta=meta,
-        objects=_objects(meta_records),
-        params=_params(read(schema.PARAMS_FILE, lambda p, label: read_records(p, label, notes), []), others),
+        objects=_objects(meta_records, f"{rank_dir.name}/{schema.META_FILE}", notes),
+        params=_params(read(schema.PARAMS_FILE, lambda p, label: read_records(p, label, notes), []), others,
+                       f"{rank_dir.name}/{schema.PARAMS_FILE}", notes),
         steps=read(schema.STEPS_FILE, lambda p, label: _steps(read_frame(p, label, notes, expand=("lr",)), label, notes),
                    empty_steps()),
         grad_norms=grads.norms,
@@ -139,14 +156,10 @@ def _events_file(path: Path, label: str, notes: list[str]) -> tuple[list[dict[st
     tokens = tokens_from_jsonl(calls_body) if not any(r.get("kind") == "calls" for r in others) else None
     if tokens is None:
         calls = [r for r in parse_records(calls_body, label, notes) + others if r.get("kind") == "calls"]
-        calls.sort(key=lambda r: r["step"] if isinstance(r.get("step"), int) else 0)  # stable
+        calls.sort(key=lambda r: as_int(r.get("step")) or 0)  # stable
         tokens = tokens_from_records(calls)
         others = [r for r in others if r.get("kind") != "calls"]
     return others, tokens
-
-
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 # ---- meta.jsonl ---------------------------------------------------------------------------
@@ -158,6 +171,7 @@ def _meta(records: list[dict[str, Any]], label: str, notes: list[str]) -> dict[s
             notes.append(f"{label}: no start record; assuming schema version {schema.SCHEMA_VERSION}")
         start = {}
     version = start.get("schema_version", schema.SCHEMA_VERSION)
+    start = typed_fields(start, _START_TYPES, label, notes)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise RunDirError(f"{label}: schema_version {version!r} is not a version this diagnose knows")
     if version > schema.SCHEMA_VERSION:
@@ -169,7 +183,7 @@ def _meta(records: list[dict[str, Any]], label: str, notes: list[str]) -> dict[s
     meta["schema_version"] = version
     statuses = [r for r in records if r.get("type") == "status"]
     if statuses:
-        meta.update({k: v for k, v in statuses[-1].items() if k != "type"})
+        meta.update({k: v for k, v in typed_fields(statuses[-1], _STATUS_TYPES, label, notes).items() if k != "type"})
     else:
         meta["status"] = schema.STATUS_RUNNING  # nothing said it ended
     if meta.get("status") == schema.STATUS_RUNNING and _process_gone(meta):
@@ -194,9 +208,38 @@ def _process_gone(meta: dict[str, Any]) -> bool:
     return False
 
 
-def _objects(records: list[dict[str, Any]]) -> dict[str, Any]:
+def _objects(records: list[dict[str, Any]], label: str, notes: list[str]) -> dict[str, Any]:
     """Merge every "objects" record: lists of dicts with an `index` merge by index (a later
-    record wins), anything else is replaced by the later value."""
+    record wins), anything else is replaced by the later value. Entries of the wrong type
+    are dropped with a note (`_typed_objects`)."""
+    return _typed_objects(_merge_objects(records), label, notes)
+
+
+_OBJECT_TYPES = {"index": int, "class": str, "groups": list, "config": dict, "enabled": bool}
+
+
+def _typed_objects(merged: dict[str, Any], label: str, notes: list[str]) -> dict[str, Any]:
+    """`models`, `optimizers`, `schedulers`, `scalers` as lists of dicts whose documented
+    fields have their documented types (an optimizer's `groups`: a list of dicts)."""
+    for key in ("models", "optimizers", "schedulers", "scalers"):
+        value = merged.get(key)
+        if value is None:
+            continue
+        entries = [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+        dropped = len(value) - len(entries) if isinstance(value, list) else 1
+        if dropped:
+            notes.append(f"{label}: {dropped} entry(ies) of '{key}' are not objects; ignored")
+        entries = typed_records(entries, _OBJECT_TYPES, f"{label} ({key})", notes)
+        for entry in entries:
+            groups = entry.get("groups")
+            if groups is not None and not all(isinstance(g, dict) for g in groups):
+                notes.append(f"{label}: optimizer {entry.get('index')}: groups that are not objects; ignored")
+                entry["groups"] = [g for g in groups if isinstance(g, dict)]
+        merged[key] = entries
+    return merged
+
+
+def _merge_objects(records: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for record in records:
         if record.get("type") != "objects":
@@ -217,16 +260,20 @@ def _objects(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---- params.jsonl ---------------------------------------------------------------------------
-def _params(records: list[dict[str, Any]], events: list[dict[str, Any]]) -> pd.DataFrame:
-    records = [r for r in records if isinstance(r.get("index"), int)]
-    if not records:
+def _params(records: list[dict[str, Any]], events: list[dict[str, Any]], label: str,
+            notes: list[str]) -> pd.DataFrame:
+    indexed = [r for r in records if isinstance(as_int(r.get("index")), int) and 0 <= r["index"] < INT_LIMIT]
+    if len(indexed) < len(records):
+        notes.append(f"{label}: {len(records) - len(indexed)} record(s) without a valid 'index'; skipped")
+    if not indexed:
         return empty_params()
+    records = typed_records([{**r, "index": int(r["index"])} for r in indexed], _PARAM_TYPES, label, notes)
     frame = pd.DataFrame.from_records(records).drop_duplicates("index", keep="last").set_index("index").sort_index()
     for column in PARAMS_COLUMNS:
         if column not in frame.columns:
             frame[column] = pd.NA
     for column in ("optimizer", "group", "numel"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+        frame[column] = int_array(list(frame[column]), label, column, notes)
     order = next((e.get("order") for e in events if e.get("kind") == "backward_order"), None)
     position = {i: pos for pos, i in enumerate(order)} if isinstance(order, list) else {}
     frame["backward_rank"] = pd.array([position.get(i) for i in frame.index], dtype="Int64")
@@ -241,20 +288,25 @@ def _steps(frame: pd.DataFrame, label: str, notes: list[str]) -> pd.DataFrame:
     if "step" not in frame.columns:
         notes.append(f"{label}: no 'step' field; skipped")
         return empty_steps()
-    frame = frame[pd.to_numeric(frame["step"], errors="coerce").notna()]
-    frame = frame.set_index(frame.pop("step").astype("int64"))
+    step = numeric_series(frame["step"], label, [])
+    valid = step.notna() & np.isfinite(step) & (step % 1 == 0) & (step.abs() <= INT_LIMIT)
+    if not valid.all():
+        notes.append(f"{label}: {int((~valid).sum())} record(s) whose 'step' is not an integer; skipped")
+    frame = frame[valid.to_numpy()]
+    frame = frame.set_index(step[valid].astype("int64").rename("step"))
+    frame = frame.drop(columns="step")
     if not frame.index.is_unique:
         notes.append(f"{label}: {int(frame.index.duplicated().sum())} repeated step(s); kept the last of each")
         frame = frame[~frame.index.duplicated(keep="last")]
     frame = frame.sort_index()
-    for column in frame.columns:  # numbers that came in as objects (json fallback path)
-        if frame[column].dtype == object:
-            try:
-                converted = pd.to_numeric(frame[column], errors="coerce")
-            except (TypeError, ValueError):  # lists (nonfinite_grads), dicts: keep as they are
-                continue
-            if converted.notna().sum() == frame[column].notna().sum():
-                frame[column] = converted
+    for column in list(frame.columns):  # wrong types (json fallback path) read as missing
+        if column in _STEP_LISTS:
+            frame[column] = int_lists(frame[column], label, notes)
+            continue
+        known = column in _STEP_NUMBERS or column.startswith("lr_")
+        converted = numeric_series(frame[column], label, notes, known=known)
+        if converted is not None:
+            frame[column] = converted
     if "scale" in frame.columns and "scale_after" in frame.columns:
         frame["skipped"] = (frame["scale_after"] < frame["scale"]).fillna(False).astype(bool)
     else:
@@ -273,8 +325,8 @@ def _events(records: list[dict[str, Any]]) -> pd.DataFrame:
         return empty_events()
     frame = pd.DataFrame({
         "kind": [str(r.get("kind")) for r in records],
-        "step": pd.array([_int(r.get("step"), None) for r in records], dtype="Int64"),
-        "t_s": pd.to_numeric(pd.Series([r.get("t_s") for r in records], dtype=object), errors="coerce"),
+        "step": pd.array([as_int(r.get("step")) for r in records], dtype="Int64"),
+        "t_s": pd.Series([as_float(r.get("t_s")) for r in records], dtype=float),
         "data": [{k: v for k, v in r.items() if k not in ("kind", "step", "t_s")} for r in records],
     })
     return frame[list(EVENTS_COLUMNS)]
@@ -287,10 +339,12 @@ def _metrics(records: list[dict[str, Any]]) -> pd.DataFrame:
         if record.get("kind") != "metrics" or not isinstance(values, dict):
             continue
         for name, value in values.items():
-            rows.append((_int(record.get("step"), None), record.get("epoch"), record.get("phase"), name, value))
+            phase = record.get("phase")
+            rows.append((as_int(record.get("step")), as_int(record.get("epoch")),
+                         phase if isinstance(phase, str) else None, str(name), as_float(value)))
     if not rows:
         return empty_metrics()
     frame = pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
     frame["step"] = frame["step"].astype("Int64")
-    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+    frame["epoch"] = frame["epoch"].astype("Int64")
     return frame
