@@ -103,6 +103,7 @@ class Monitor:
             except StopIteration:
                 return
             self.recorder.data_wait(clock() - start)
+            self.recorder._safe(self.recorder.contracts.on_batch, iterable)  # its batch_size
             yield batch
 
     def log_metrics(self, phase: str = "val", *, epoch: int | None = None,

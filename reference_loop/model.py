@@ -128,7 +128,41 @@ class CharTransformer(nn.Module):
         return self.head(self.ln_f(x))  # B x T x vocab
 
 
+class CharLSTM(nn.Module):
+    """Embedding, one `nn.LSTM` built with `batch_first=False`, linear head: the chars
+    task's recurrent model (the rnn-batch-first-mismatch injection). Takes (B, T) token ids
+    like CharTransformer; `batch_major=False` transposes them to the (T, B, E) the LSTM
+    expects, `batch_major=True` is the bug: (B, T, E) goes in, and the LSTM recurs across
+    the batch."""
+
+    def __init__(self, vocab_size: int, n_embd: int = 64, batch_major: bool = False):
+        super().__init__()
+        self.batch_major = batch_major
+        self.tok_emb = nn.Embedding(vocab_size, n_embd)
+        self.rnn = nn.LSTM(n_embd, n_embd)  # batch_first=False: expects (seq, batch, features)
+        self.head = nn.Linear(n_embd, vocab_size)
+
+    @property
+    def probe(self) -> nn.Linear:
+        return self.head
+
+    @property
+    def leak_site(self) -> nn.Module:
+        return self.rnn
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok_emb(idx)  # B x T x n_embd
+        if self.batch_major:
+            out, _ = self.rnn(x)  # the bug: the LSTM reads dimension 0 (the batch) as time
+        else:
+            out, _ = self.rnn(x.transpose(0, 1))
+            out = out.transpose(0, 1)
+        return self.head(out)  # B x T x vocab
+
+
 def build_model(cfg, num_classes: int) -> nn.Module:
     if cfg.task == "images":
         return SmallCNN(num_classes, cfg.width, cfg.dropout)
+    if "rnn-batch-first-mismatch" in cfg.inject:
+        return CharLSTM(num_classes, cfg.n_embd, batch_major=True)
     return CharTransformer(num_classes, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout)

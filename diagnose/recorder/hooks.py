@@ -5,7 +5,8 @@ Two kinds of patches, both undone exactly by `Patches.undo()`:
   (`optimizer.zero_grad`, `scheduler.step`, `scaler.update`, `model.train`), removed by
   deleting the instance attribute so the class method shows through again;
 - global wrappers for free functions every loop calls through a module attribute
-  (`torch.Tensor.backward`, `torch.nn.utils.clip_grad_norm_`, `torch.save`), installed once for all
+  (`torch.Tensor.backward`, `torch.nn.utils.clip_grad_norm_`, `torch.save`, the loss functions
+  and RNN forwards of contracts.py), installed once for all
   active recorders and removed when the last one closes.
 Torch's own hooks (module forward hooks, optimizer step hooks) are used wherever they
 exist; their RemovableHandles are kept in the same undo list.
@@ -176,7 +177,9 @@ def _global_targets() -> list[tuple[Any, str, Callable[[Callable], Callable]]]:
         targets.append((module, "clip_grad_value_", _wrap_clip("clip_grad_value_")))
         if hasattr(module, "clip_grad_norm"):
             targets.append((module, "clip_grad_norm", _wrap_clip("clip_grad_norm_")))
-    return targets
+    from diagnose.recorder import contracts  # loss functions, RNN forwards
+
+    return targets + contracts.global_targets()
 
 
 def _is_compiling() -> bool:

@@ -26,6 +26,7 @@ import torch
 
 from diagnose.recorder import checkpoints, hooks, numerics, system, warnings_capture
 from diagnose.profiling.window import ProfileWindow
+from diagnose.recorder import contracts
 from diagnose.recorder.writer import RunWriter
 from diagnose.rundir import schema
 
@@ -143,6 +144,7 @@ class Recorder:
         self.writer.line(schema.META_FILE, {"type": "status", "status": schema.STATUS_RUNNING,
                                             "at": self._wall0})
         self._warnings = 0
+        self.contracts = contracts.ContractWatcher(self)  # loss and RNN calls (sampled steps)
         hooks.add_global_listener(self)
         warnings_capture.add_listener(self)
         self._listening = True
@@ -634,6 +636,7 @@ class Recorder:
                     self._close_step()
                 self._write_calls()
                 self._drain(block=True)
+                self.contracts.close()
         except Exception as exc:  # noqa: BLE001
             self._fault(exc)
         if self._profiler is not None:

@@ -25,6 +25,7 @@ from diagnose.rundir import schema
 from diagnose.rundir._coerce import (
     INT_LIMIT, as_float, as_int, int_array, int_lists, numeric_series, typed_fields, typed_records,
 )
+from diagnose.rundir._contracts import loss_calls_table, rnn_calls_table
 from diagnose.rundir._calls import CallTokens, calls_table, tokens_from_jsonl, tokens_from_records
 from diagnose.rundir._jsonl import parse_records, partition_lines, read_frame, read_lines, read_records
 from diagnose.rundir._norms import NormTables, read_norms
@@ -141,6 +142,8 @@ def read_rank(rank_dir: Path, rank: int, notes: list[str]) -> RunTables:
         calls=calls_table(tokens) if tokens is not None else empty_calls(),
         events=_events(others),
         metrics=_metrics(others),
+        loss_calls=loss_calls_table(others),
+        rnn_calls=rnn_calls_table(others),
         profile=read_profile(rank_dir, meta, notes),
     )
 

@@ -38,6 +38,11 @@ FLAG_NO_GRAD = "N"
 FLAG_INFERENCE = "I"
 FLAG_BACKPROP = "B"
 
+EVENT_LOSS_CALL = "loss_call"
+"""events.jsonl kind: a loss function's call on a sampled step (recorder/contracts.py)."""
+EVENT_RNN_CALL = "rnn_call"
+"""events.jsonl kind: an nn.LSTM/GRU/RNN forward on a sampled step (recorder/contracts.py)."""
+
 PHASE_TOKEN_PREFIX = "phase:"
 """A `phase:NAME` token in a `calls` list marks where a phase (`train`, `val`, `test`) begins."""
 DEFAULT_PHASE = "train"

@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from diagnose.rundir._contracts import empty_loss_calls, empty_rnn_calls
+
 PARAMS_COLUMNS = (
     "name", "shape", "numel", "dtype", "module", "module_type", "requires_grad", "optimizer", "group",
     "backward_rank",
@@ -103,6 +105,10 @@ class RunTables:
             otherwise), `token` (as recorded).
         events: `kind`, `step`, `t_s`, `data` (dict of the record's other fields).
         metrics: long format: `step`, `epoch`, `phase`, `name`, `value` (float).
+        loss_calls: loss-function calls on sampled steps (`loss_call` events): `step`, `fn`,
+            shapes and dtypes, prediction statistics (diagnose/rundir/_contracts.py).
+        rnn_calls: LSTM/GRU/RNN forwards on sampled steps (`rnn_call` events): `step`,
+            `module`, `index`, `name`, `batch_first`, `input_shape`, `packed`, `loader_batch_size`.
         profile: the torch.profiler trace's summary (`diagnose.profiling.summary.ProfileSummary`)
             when the rank was profiled, else None; `has("profile")` is True only when it parsed.
     """
@@ -119,6 +125,8 @@ class RunTables:
     calls: pd.DataFrame = field(default_factory=empty_calls)
     events: pd.DataFrame = field(default_factory=empty_events)
     metrics: pd.DataFrame = field(default_factory=empty_metrics)
+    loss_calls: pd.DataFrame = field(default_factory=empty_loss_calls)
+    rnn_calls: pd.DataFrame = field(default_factory=empty_rnn_calls)
     profile: Any = None
 
     def missing(self, *names: str) -> list[str]:

@@ -60,6 +60,11 @@ SCRIPTS: dict[str, ScriptCase] = {
     "loss_accumulated_as_tensor.py": ScriptCase(rules=("memory-leak",)),
     "param_not_in_optimizer.py": ScriptCase(rules=("params-not-updated",)),
     "onecycle_stepped_per_epoch.py": ScriptCase(rules=("scheduler-step-frequency",)),
+    "softmax_before_cross_entropy.py": ScriptCase(rules=("softmax-before-cross-entropy",),
+                                                  allowed=("loss-plateau",)),
+    "loss_shape_broadcast.py": ScriptCase(rules=("loss-shape-broadcast",), allowed=("loss-plateau",)),
+    "rnn_batch_first_mismatch.py": ScriptCase(rules=("rnn-batch-first-mismatch",), allowed=("loss-plateau",)),
+    "healthy_lstm_seq_major_nll.py": ScriptCase(),
 }
 
 

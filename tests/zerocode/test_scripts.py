@@ -224,6 +224,39 @@ def check_onecycle_stepped_per_epoch(run: Run) -> None:
     assert run.objects["schedulers"][0]["config"]["total_steps"] == 32
 
 
+def _loss_calls(run: Run) -> list[dict]:
+    return run.kind("loss_call")
+
+
+def check_softmax_before_cross_entropy(run: Run) -> None:
+    calls = _loss_calls(run)
+    assert sorted({c["step"] for c in calls}) == [0, 1, 2, 3, 4]   # the sampled steps of 24
+    assert {c["fn"] for c in calls} == {"cross_entropy"} and calls[0]["input_shape"] == [32, 5]
+    assert all(0 <= c["pred_min"] and c["pred_max"] <= 1 and c["row_sum_err"] < 1e-5 for c in calls)
+
+
+def check_loss_shape_broadcast(run: Run) -> None:
+    calls = _loss_calls(run)
+    assert {(c["fn"], tuple(c["input_shape"]), tuple(c["target_shape"])) for c in calls} == \
+        {("mse_loss", (32, 1), (32,))}
+    assert any("target size" in w["message"] for w in run.kind("warning"))
+
+
+def check_rnn_batch_first_mismatch(run: Run) -> None:
+    rnn = run.kind("rnn_call")
+    assert len(rnn) == 5 and {(r["module"], r["batch_first"], tuple(r["input_shape"])) for r in rnn} == \
+        {("LSTM", False, (32, 15, 3))}
+    assert all(r["loader_batch_size"] == 32 for r in rnn) and rnn[-1]["name"] == "lstm"
+
+
+def check_healthy_lstm_seq_major_nll(run: Run) -> None:
+    rnn = run.kind("rnn_call")
+    assert rnn and all(r["input_shape"][1] == r["loader_batch_size"] == 16 for r in rnn)
+    fns = {c["fn"] for c in _loss_calls(run)}
+    assert fns == {"nll_loss", "binary_cross_entropy"}
+    assert all(c["pred_max"] <= 0 for c in _loss_calls(run) if c["fn"] == "nll_loss")
+
+
 CHECKS = {name: globals()[f"check_{name[:-3]}"] for name in SCRIPTS}
 
 

@@ -46,7 +46,9 @@ def test_each_distinct_warning_once_with_first_step_and_count(tmp_path: Path) ->
     assert len(findings) == 3, [f.title for f in findings]
     # Python shows a warning once per location by default: count 1, the first step it came at
     assert (target.severity, target.evidence["category"], target.evidence["first_step"]) == \
-        (Severity.WARNING, "UserWarning", 0)
+        (Severity.INFO, "UserWarning", 0)
+    # loss-shape-broadcast reports the mistake itself (at error): the warning is info and points there
+    assert target.evidence["see_rule"] == "loss-shape-broadcast" and "(see loss-shape-broadcast)" in target.title
     assert "squeeze" in target.fix and target.evidence["location"].endswith("train.py:17")
     assert (softmax.severity, softmax.evidence["first_step"]) == (Severity.WARNING, 2)
     assert "dim=-1" in softmax.fix
