@@ -6,6 +6,12 @@ float32 vector and starts one non-blocking copy into a pinned host buffer, with 
 event behind it. `InFlight.ready()` asks the event (no sync); the host reads the values
 when the copy has landed, usually at the next step. On CPU everything is synchronous by
 nature, so the copy is a plain read.
+
+Sharded tensors (DTensor: FSDP2's `fully_shard` parameters and their gradients, tensor
+parallelism) are read through `to_local()`: the norms are this rank's shard's, computed
+with no collective. `shard_info` records, per parameter, how many distinct shards the
+ranks hold, so the reader can put the global norm back together from every rank's local
+one (diagnose/rundir/shards.py).
 """
 from __future__ import annotations
 
@@ -15,6 +21,35 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (no communication); any other tensor as it is."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) and hasattr(tensor, "placements") else tensor
+
+
+def shard_info(tensor: torch.Tensor) -> dict:
+    """`{"shards": N}` for a DTensor: the number of distinct pieces its mesh splits it into
+    (the product of the sizes of the mesh dimensions it is sharded on; 1 when replicated
+    everywhere). Every rank holds one piece, so world_size / N ranks hold each piece, and
+    the global squared norm is N / world_size times the sum of the ranks' local squared
+    norms. `{}` for an ordinary tensor (every rank has all of it)."""
+    placements = getattr(tensor, "placements", None)
+    mesh = getattr(tensor, "device_mesh", None)
+    if placements is None or mesh is None:
+        return {}
+    shards = 1
+    for dim, placement in enumerate(placements):
+        if placement.is_shard():
+            shards *= int(mesh.size(dim))
+        elif not placement.is_replicate():  # Partial: the local values are partial sums
+            return {"shards": None}
+    return {"shards": shards}
+
+
+def _partial(tensor: torch.Tensor) -> bool:
+    return any(not (p.is_shard() or p.is_replicate()) for p in getattr(tensor, "placements", ()))
 
 
 @torch.no_grad()
@@ -28,7 +63,7 @@ def grad_norms(params: list[torch.Tensor]) -> tuple[list[int], torch.Tensor | No
     present = [i for i, p in enumerate(params) if p.grad is not None]
     if not present:
         return present, None
-    grads = [params[i].grad for i in present]
+    grads = [local(params[i].grad) for i in present]
     grads = [g.coalesce()._values() if g.is_sparse else g for g in grads]
     return present, _stack_norms(grads)
 
@@ -38,7 +73,7 @@ def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     """L2 norm of each tensor (weights), on device, as one float32 vector."""
     if not tensors:
         return None
-    return _stack_norms([t.detach() for t in tensors])
+    return _stack_norms([local(t.detach()) for t in tensors])
 
 
 def _stack_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -94,6 +129,12 @@ class HostCopier:
         for name, tensor in parts.items():
             if tensor is None:
                 continue
+            # DTensor norms of sharded gradients are Partial: their local value is this
+            # rank's shard's norm, what is recorded. A Partial total (clip_norm) would be
+            # labelled global while local: left out (clip_grad_norm_ returns a replicated one).
+            if name == "clip_norm" and _partial(tensor):
+                continue
+            tensor = local(tensor)
             if device is None:
                 device = tensor.device
             flat = tensor.detach().reshape(-1).float()

@@ -327,7 +327,7 @@ class Recorder:
             "index": len(self._param_rows), "name": name, "shape": list(p.shape),
             "numel": p.numel(), "dtype": str(p.dtype).replace("torch.", ""),
             "module": module_path, "module_type": module_type,
-            "requires_grad": bool(p.requires_grad)})
+            "requires_grad": bool(p.requires_grad), **numerics.shard_info(p)})
 
     def _write_objects(self) -> None:
         self.writer.line(schema.META_FILE, {

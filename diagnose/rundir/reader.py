@@ -29,6 +29,7 @@ from diagnose.rundir._contracts import loss_calls_table, rnn_calls_table
 from diagnose.rundir._calls import CallTokens, calls_table, tokens_from_jsonl, tokens_from_records
 from diagnose.rundir._jsonl import parse_records, partition_lines, read_frame, read_lines, read_records
 from diagnose.rundir._norms import NormTables, read_norms
+from diagnose.rundir.shards import combine_shards
 from diagnose.rundir.tables import (
     EVENTS_COLUMNS, METRICS_COLUMNS, PARAMS_COLUMNS, Run, RunTables, empty_calls, empty_events, empty_metrics,
     empty_params, empty_series, empty_steps,
@@ -91,6 +92,7 @@ def read_run(path: str | os.PathLike[str]) -> Run:
         run.ranks[rank] = read_rank(rank_dir, rank, run.notes)
     if not run.ranks:
         raise RunDirError(f"{root}: no rank folder holds any run files (did the run start?)")
+    combine_shards(run)  # FSDP: global norms from the ranks' local shards
     return run
 
 
