@@ -1,0 +1,104 @@
+"""What profiling costs: the same training run with `Monitor(profile=...)` and without.
+
+Each round runs STEPS steps twice, once with a profile window (wait W, warm up 2, record
+5) and once without (the order alternates between rounds), timing every step (with a
+device sync at its end on CUDA, in both variants). Reported, as medians over rounds:
+
+- steps outside the window (before it and after it): profiled / unprofiled time;
+- the warm-up and recorded steps of the window: the same ratio (the profiler is on);
+- the step where the trace is collected and written (the first step after the window);
+- the whole run's extra time, the trace's size, and how long `diagnose report` takes to
+  parse it (torch-tb-profiler, `load_profile`).
+
+    python3 bench/profile_cost.py                                   # CPU, reference CNN
+    python3 bench/profile_cost.py --model gpt2 --batch 8 --seq 1024 # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import build, step_fn, sync  # noqa: E402
+
+from diagnose import Monitor  # noqa: E402
+from diagnose.profiling.load import load_profile, trace_files  # noqa: E402
+
+
+def one_run(args, device, profile, run_dir: Path) -> list[float]:
+    setup = build(args.model, device, args.batch, args.seq)
+    opt = torch.optim.AdamW(setup.model.parameters(), lr=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-4, total_steps=args.steps + 1)
+    scaler = torch.amp.GradScaler(device.type) if setup.scaler else None
+    step = step_fn(setup, opt, sched, scaler)
+    times = []
+    with Monitor(run_dir, model=setup.model, optimizer=opt, scheduler=sched, scaler=scaler, profile=profile):
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step(lambda loss: None)
+            sync(device)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default", help="default (reference CNN), mlp200, gpt2")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--wait", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    window = (args.wait, 2, 5)
+    warm = range(args.wait, args.wait + 2)
+    active = range(args.wait + 2, args.wait + 7)
+    export = args.wait + 7  # the trace is collected at the step boundary that opens this step
+    outside = [i for i in range(3, args.steps) if i < args.wait or i > export]
+    ratios = {"outside": [], "warmup": [], "active": [], "export_s": [], "run_extra_s": []}
+    sizes, parse_s = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            order = [True, False] if r % 2 == 0 else [False, True]
+            result = {}
+            for profiled in order:
+                run_dir = Path(tmp) / f"r{r}-{profiled}"
+                result[profiled] = one_run(args, device, window if profiled else None, run_dir)
+            on, off = result[True], result[False]
+
+            def ratio(idx):
+                return statistics.median(on[i] for i in idx) / statistics.median(off[i] for i in idx)
+
+            ratios["outside"].append(ratio(outside))
+            ratios["warmup"].append(ratio(warm))
+            ratios["active"].append(ratio(active))
+            ratios["export_s"].append(on[export] - statistics.median(off[i] for i in outside))
+            ratios["run_extra_s"].append(sum(on) - sum(off))
+            [trace] = trace_files(Path(tmp) / f"r{r}-True" / "rank0" / "profile")
+            sizes.append(trace.stat().st_size)
+            start = time.perf_counter()
+            summary = load_profile(trace.parent)
+            parse_s.append(time.perf_counter() - start)
+            assert summary.ok, summary.message
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    print(f"{args.model} batch {args.batch} on {name}, torch {torch.__version__}, {args.steps} steps, "
+          f"window wait {args.wait} warmup 2 active 5, {args.rounds} rounds (medians, min-max)")
+    for key, values in ratios.items():
+        unit = "x" if not key.endswith("_s") else " s"
+        print(f"  {key:12s} {statistics.median(values):.3f}{unit}  ({min(values):.3f}-{max(values):.3f})")
+    print(f"  trace size   {statistics.median(sizes) / 1e3:.0f} KB gzipped")
+    print(f"  report parse {statistics.median(parse_s):.2f} s (torch-tb-profiler, first call includes its import)")
+
+
+if __name__ == "__main__":
+    main()
