@@ -129,3 +129,18 @@ def test_zero_code_mode_profiles_an_unchanged_script(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert _runs.profiler_steps(_runs.read_trace(_runs.trace_of(out))) == [3, 4, 5]
     assert read_run(out).first.profile.ok
+
+
+def test_torchrun_passes_the_window_to_every_rank(tmp_path: Path, monkeypatch) -> None:
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda command: calls.append(command) or 0)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    result = CliRunner().invoke(main, ["run", "--nproc-per-node", "2", "--profile", "--out", str(tmp_path / "d"),
+                                       "--no-report", str(script)])
+    assert result.exit_code == 0, result.output
+    [command] = calls
+    assert command[command.index("--profile-steps") + 1] == "5,2,5"
+    assert command.index("--profile-steps") < command.index(str(script))  # an option of diagnose.zerocode
