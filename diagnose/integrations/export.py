@@ -76,9 +76,12 @@ def scalar_series(tables: RunTables) -> dict[str, pd.Series]:
                 out[tag] = values
     if "scale" in steps.columns and "skipped" in steps.columns and steps["scale"].notna().any():
         out["amp/skipped"] = steps["skipped"].astype("float64")[steps["scale"].notna().to_numpy()]
+    nonfinite = tables.grad_nonfinite
     for index in tables.grad_norms.columns:
         name = str(tables.params.at[index, "name"]) if index in tables.params.index else f"p{index}"
-        out[f"grad_norm/{name}"] = tables.grad_norms[index].astype("float64").dropna()
+        values = tables.grad_norms[index].astype("float64")
+        bad = nonfinite[index].astype(bool) if index in nonfinite.columns else values.isna() & False
+        out[f"grad_norm/{name}"] = values[values.notna() | bad]  # NaN: a non-finite norm; no gradient: left out
     metrics = tables.metrics
     for (phase, name), rows in metrics.groupby([metrics["phase"].astype(str), metrics["name"].astype(str)], sort=False):
         rows = rows[rows["step"].notna()]

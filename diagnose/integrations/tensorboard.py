@@ -192,12 +192,10 @@ def scalars_to_run(scalars: Scalars, tag_map: list[tuple[str, tb_tags.Target]] =
     epoch_tag = next((t for t, target in mapping.items() if target.field == "epoch"), None)
     epochs = series[epoch_tag].set_index("step")["value"] if epoch_tag else None
     steps = _steps(series, mapping, epochs)
-    params, grad_norms = _layers(series, mapping)
+    params, grad_norms, grad_nonfinite = _layers(series, mapping)
     tables = RunTables(
         rank=0, path=scalars.path, meta=_meta(scalars, mapping, steps), objects={},
-        params=params, steps=steps, grad_norms=grad_norms,
-        grad_nonfinite=grad_norms.apply(lambda c: ~np.isfinite(c.to_numpy(dtype="float64"))).astype(bool)
-        if not grad_norms.empty else grad_norms.astype(bool),
+        params=params, steps=steps, grad_norms=grad_norms, grad_nonfinite=grad_nonfinite,
         metrics=_metrics(series, mapping, epochs),
     )
     labels = _labels(mapping)
@@ -282,10 +280,14 @@ def _steps(series: dict[str, pd.DataFrame], mapping: dict[str, tb_tags.Target],
     return frame
 
 
-def _layers(series: dict[str, pd.DataFrame], mapping: dict[str, tb_tags.Target]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _layers(series: dict[str, pd.DataFrame], mapping: dict[str, tb_tags.Target]
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The parameter table, the per-layer norms and where they were logged non-finite
+    (a step a layer was not logged at is NaN in the norms but not non-finite)."""
     layer_tags = [t for t, target in mapping.items() if target.field == "layer_grad_norm"]
     if not layer_tags:
-        return empty_params(), pd.DataFrame(index=pd.Index([], dtype="int64", name="step"), dtype=float)
+        empty = pd.DataFrame(index=pd.Index([], dtype="int64", name="step"), dtype=float)
+        return empty_params(), empty, empty.astype(bool)
     rows = []
     columns = {}
     for index, tag in enumerate(layer_tags):  # first-seen order: the order the logger wrote them
@@ -300,7 +302,10 @@ def _layers(series: dict[str, pd.DataFrame], mapping: dict[str, tb_tags.Target])
     norms = pd.DataFrame(columns).sort_index().astype("float64")
     norms.index = norms.index.astype("int64")
     norms.index.name = "step"
-    return params, norms
+    bad = pd.DataFrame({i: pd.Series(~np.isfinite(c.to_numpy(dtype="float64")), index=c.index)
+                        for i, c in columns.items()})
+    bad = bad.reindex(norms.index).fillna(False).astype(bool)
+    return params, norms, bad
 
 
 def _metrics(series: dict[str, pd.DataFrame], mapping: dict[str, tb_tags.Target],
