@@ -76,6 +76,7 @@ table.kv td { padding: 2px 0; font-family: var(--mono); overflow-wrap: anywhere;
 .none { color: var(--ok); font-weight: 600; }
 .columns { display: grid; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap: 12px; }
 .columns > div > h3 { margin: 0 0 8px; }
+table.ranks thead th { white-space: nowrap; }
 figure.plot { margin: 0 0 14px; background: var(--card); border: 1px solid var(--line); border-radius: 6px;
   padding: 12px 14px; }
 figure.plot:target { outline: 3px solid #ffb300; }

@@ -15,7 +15,8 @@ leak anything, even if a run's strings were hostile; and every such string is es
 (`_html_parts.esc`).
 
 Layout: the run's facts (command, versions, device, status, duration, steps, samples/s),
-then the findings, most severe first, each linking to the figure that shows it, where
+for a run of several ranks the ranks side by side (ranks_section.py), then the findings,
+most severe first, each linking to the figure that shows it, where
 its steps are shaded; then the figures (`FIGURES`), then what the reader and the rules
 skipped. With several runs: a side-by-side table of facts with the step-time ratio,
 findings in one column per run, and curves overlaid (one colour per run).
@@ -35,7 +36,7 @@ from typing import TextIO
 
 import numpy as np
 
-from diagnose.report import Report, build_report, profile_section
+from diagnose.report import Report, build_report, profile_section, ranks_section
 from diagnose.report._html_parts import Numbered, command_text, esc, finding_card, flatten, kv_table, value_text
 from diagnose.report._style import CSS
 from diagnose.report.figures import RUN_COLORS, Mark, Plot, Series
@@ -175,6 +176,7 @@ def render_html(reports: Sequence[Report]) -> str:
         "<main>",
         _toc(reports, plots),
         _summary(reports, labels),
+        ranks_section.html_section(list(reports), list(labels)),
         _findings(reports, labels, numbered),
         _figures(plots, numbered),
         profile_section.html_section(list(reports), list(labels)),
@@ -234,7 +236,10 @@ def _top(reports: Sequence[Report], labels: Sequence[str]) -> str:
 
 def _toc(reports: Sequence[Report], plots: list[tuple[FigureSpec, list[Plot]]]) -> str:
     total = sum(len(r.findings) for r in reports)
-    links = ['<a href="#summary">Run</a>', f'<a href="#findings">Findings ({total})</a>']
+    links = ['<a href="#summary">Run</a>']
+    if ranks_section.has_section(reports):
+        links.append('<a href="#ranks">Ranks</a>')
+    links.append(f'<a href="#findings">Findings ({total})</a>')
     links += [f'<a href="#fig-{esc(spec.key)}">{esc(spec.title)}</a>' for spec, _ in plots]
     if any(profile_section.profiles(r) for r in reports):
         links.append('<a href="#profile">Profile</a>')

@@ -80,7 +80,10 @@ def _status(run: Run) -> list[Finding]:
     dead = sorted(e.rank for e in ends if e.stopped)
     last, error = first.last_step, first.error
     how = "was killed (no end record, its process is gone)" if first.killed else first.status
-    at = f"after step {last}" if last is not None else "before recording a step"
+    if first.killed:  # a killed process loses what its writer had not flushed yet (~1 s)
+        at = (f"its last written step {last}" if last is not None else "before any of its steps was written")
+    else:
+        at = f"after step {last}" if last is not None else "before recording a step"
     if "finished" in status.values():
         title = f"Rank {first.rank} {how} while other ranks finished ({at})"
     else:
