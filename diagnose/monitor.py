@@ -73,6 +73,7 @@ class Monitor:
                             optimizers=tuple(optimizers), schedulers=tuple(schedulers),
                             scalers=tuple(scalers))
         self._previous_sigterm: Any = None
+        self._phase = schema.DEFAULT_PHASE
 
     # ---- objects and markers ------------------------------------------------------------
     def watch(self, model=None, optimizer=None, scheduler=None, scaler=None, **many) -> None:
@@ -87,13 +88,18 @@ class Monitor:
     def phase(self, name: str) -> Iterator[None]:
         """Mark an evaluation (or other) phase; the previous phase is restored after."""
         self.recorder.phase_token(name)
+        previous, self._phase = self._phase, name
         try:
             yield
         finally:
+            self._phase = previous
             self.recorder.phase_token("train")
 
     def loader(self, iterable: Iterable) -> Iterator:
-        """Iterate `iterable`, timing how long each batch takes to arrive (data wait)."""
+        """Iterate `iterable`, timing how long each batch takes to arrive (data wait).
+
+        Training batches (fetched outside `phase(...)` with autograd on) are also checked
+        for NaN/Inf in their floating-point tensors (rule `nonfinite-inputs`)."""
         iterator = iter(iterable)
         clock = time.perf_counter
         while True:
@@ -104,6 +110,8 @@ class Monitor:
                 return
             self.recorder.data_wait(clock() - start)
             self.recorder._safe(self.recorder.contracts.on_batch, iterable)  # its batch_size
+            if self._phase == schema.DEFAULT_PHASE:
+                self.recorder._safe(self.recorder.on_batch, batch)
             yield batch
 
     def log_metrics(self, phase: str = "val", *, epoch: int | None = None,

@@ -99,7 +99,7 @@ class Injection:
 # Shared numbers, so tests and docs agree with the loop.
 EXPLODE_LR = 50.0  # ~1000x a sane SGD LR (0.05) for these models
 TINY_LR = 1e-9
-THRASH_LR_FACTOR = 1000.0
+THRASH_LR_FACTOR = 10000.0
 DEAD_BIAS = -1e3
 LOGIT_OVERFLOW = 1e9
 
@@ -198,7 +198,7 @@ _ALL = [
     Injection(
         "update-ratio",
         f"The parameters of one hidden layer (`model.probe`) get their own param group with "
-        f"{THRASH_LR_FACTOR:g}x the LR (3.0 for AdamW at the default 3e-3): every step rewrites "
+        f"{THRASH_LR_FACTOR:g}x the LR (30 for AdamW at the default 3e-3): every step rewrites "
         "a large part of that layer (update/weight ratio ~0.1-1 instead of ~1e-3), which "
         "thrashes instead of learning."),
     Injection(

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from diagnose.recorder import checkpoints, hooks, numerics, system, warnings_capture
+from diagnose.recorder import checkpoints, hooks, inputs, numerics, system, updates, warnings_capture
 from diagnose.profiling.window import ProfileWindow
 from diagnose.recorder import contracts
 from diagnose.recorder.writer import RunWriter
@@ -54,6 +54,8 @@ class _Step:
     norms_present: list | None = None
     norms: torch.Tensor | None = None
     clip_norm: torch.Tensor | None = None
+    inputs: tuple | None = None
+    """Finite checks of the step's batches (`inputs.InputChecks.take`)."""
     clip_max: float | None = None
 
 
@@ -99,6 +101,8 @@ class Recorder:
         self.writer = RunWriter(self.rank_dir, flush_interval_s=self.options.flush_interval_s)
         self.patches = hooks.Patches()
         self.copier = numerics.HostCopier()
+        self.inputs = inputs.InputChecks()
+        self.updates = updates.UpdateSampler()
         self.models: list[torch.nn.Module] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[Any] = []
@@ -492,6 +496,12 @@ class Recorder:
         cur.step_time_s = now - (self._last_step_t if self._last_step_t is not None else self._t0)
         self._last_step_t = now
         cur.data_wait_s, self._wait_pending = self._wait_pending, 0.0
+        cur.inputs = self.inputs.take()
+        if self.step % self.options.param_every == 0 and self.params:
+            self.updates.before(self.params)
+            if self.updates.refused and not getattr(self, "_noted_updates", False):
+                self._noted_updates = True
+                self.event("not_recorded", what="update-norms", message=self.updates.refused)
         for opt in self.optimizers:
             for group in opt.param_groups:
                 lr = group.get("lr")
@@ -505,6 +515,13 @@ class Recorder:
             if norms is not None and scale is not None:
                 norms = norms / scale.float()
             cur.norms_present, cur.norms = present, norms
+
+    def on_batch(self, batch: Any, key: Any = None) -> None:
+        """A training batch arrived (from a watched loader): check its float tensors for
+        NaN/Inf (diagnose/recorder/inputs.py). Batches fetched without autograd are not
+        training batches and are not checked."""
+        if torch.is_grad_enabled():
+            self.inputs.add(batch, key)
 
     def data_wait(self, seconds: float) -> None:
         """Time spent waiting for a batch (from a watched loader)."""
@@ -547,6 +564,10 @@ class Recorder:
             parts["lr_tensors"] = torch.stack([t.float().reshape(()) for _, t in cur.lr_tensors])
         if self.step % self.options.param_every == 0 and self.params:
             parts["param_norms"] = numerics.tensor_norms(self.params)
+        moved = self.updates.after(self.params)
+        if moved is not None:
+            parts["update_norms"] = moved[1]
+        input_host, input_paths, parts["input_minmax"] = cur.inputs or ([], [], None)
         alloc, reserved, peak = system.cuda_memory(self._device)
         meta = {
             "step": self.step, "epoch": self.epoch,
@@ -557,7 +578,8 @@ class Recorder:
             "samples": cur.samples, "tokens": cur.tokens or None,
             "mem_alloc_bytes": alloc, "mem_reserved_bytes": reserved, "mem_peak_bytes": peak,
             "rss_bytes": system.rss_bytes(),
-            "_present": cur.norms_present, "_lr_slots": [i for i, _ in cur.lr_tensors]}
+            "_present": cur.norms_present, "_lr_slots": [i for i, _ in cur.lr_tensors],
+            "_inputs": (input_host, input_paths), "_moved": moved[0] if moved else None}
         self._inflight.append(self.copier.pack(parts, meta))
         self._write_calls()
         self._drain(block=False)
@@ -580,6 +602,8 @@ class Recorder:
         meta = flight.meta
         present = meta.pop("_present")
         lr_slots = meta.pop("_lr_slots")
+        input_host, input_paths = meta.pop("_inputs", ([], []))
+        moved = meta.pop("_moved", None)
         self.copier.release(flight)
         record = dict(meta)
         for slot, value in zip(lr_slots, values.get("lr_tensors", [])):
@@ -600,6 +624,14 @@ class Recorder:
             self.writer.matrix_row(schema.GRAD_NORMS_FILE, step, full)
         if "param_norms" in values:
             self.writer.matrix_row(schema.PARAM_NORMS_FILE, step, values["param_norms"])
+        if "update_norms" in values and moved is not None:
+            full = np.full(len(self.params), np.nan, dtype=np.float32)
+            full[moved] = values["update_norms"]
+            self.writer.matrix_row(schema.UPDATE_NORMS_FILE, step, full)
+        bad_inputs = input_host + inputs.findings_from(input_paths, values.get("input_minmax", []))
+        if bad_inputs:
+            self.writer.line(schema.EVENTS_FILE, {"kind": "nonfinite_input", "step": step,
+                                                  "t_s": record["t_s"], "tensors": bad_inputs})
         record = {k: _compact(v) for k, v in record.items() if v is not None}
         self.writer.line(schema.STEPS_FILE, record)
         self._echo_nonfinite(record)

@@ -40,7 +40,7 @@ __all__ = ["RunDirError", "Run", "RunTables", "read_run", "read_rank"]
 _RANK_DIR = re.compile(re.escape(schema.RANK_DIR_PREFIX) + r"(\d+)")
 _CALLS_PREFIX = b'{"kind":"calls",'
 _RUN_FILES = (schema.META_FILE, schema.PARAMS_FILE, schema.STEPS_FILE, schema.EVENTS_FILE,
-              schema.GRAD_NORMS_FILE, schema.PARAM_NORMS_FILE)
+              schema.GRAD_NORMS_FILE, schema.PARAM_NORMS_FILE, schema.UPDATE_NORMS_FILE)
 
 
 T = TypeVar("T")
@@ -141,6 +141,7 @@ def read_rank(rank_dir: Path, rank: int, notes: list[str]) -> RunTables:
         grad_norms=grads.norms,
         grad_nonfinite=grads.nonfinite,
         param_norms=read(schema.PARAM_NORMS_FILE, lambda p, label: read_norms(p, label, notes), no_norms).norms,
+        update_norms=read(schema.UPDATE_NORMS_FILE, lambda p, label: read_norms(p, label, notes), no_norms).norms,
         calls=calls_table(tokens) if tokens is not None else empty_calls(),
         events=_events(others),
         metrics=_metrics(others),

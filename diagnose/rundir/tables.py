@@ -98,6 +98,9 @@ class RunTables:
             parameter had no gradient or the norm is NaN (see `grad_nonfinite`).
         grad_nonfinite: bool, same shape: the gradient norm was NaN or Inf.
         param_norms: float, index `step` (sampled steps), one column per parameter index.
+        update_norms: float, index `step` (sampled steps), one column per trainable
+            parameter index: the norm of the optimizer step's change ‖w_before - w_after‖;
+            with `param_norms` of the same step it gives the update ratio ‖Δw‖/‖w‖.
         calls: one row per call: `step`, `seq` (global order), `obj` (`opt0`, `model0`,
             `scaler0`, `sched0`, or `""` for `backward`/`clip_grad_norm_`), `method`,
             `training`/`grad`/`backprop` (nullable bool, forward passes only),
@@ -122,6 +125,7 @@ class RunTables:
     grad_norms: pd.DataFrame = field(default_factory=empty_series)
     grad_nonfinite: pd.DataFrame = field(default_factory=empty_series)
     param_norms: pd.DataFrame = field(default_factory=empty_series)
+    update_norms: pd.DataFrame = field(default_factory=empty_series)
     calls: pd.DataFrame = field(default_factory=empty_calls)
     events: pd.DataFrame = field(default_factory=empty_events)
     metrics: pd.DataFrame = field(default_factory=empty_metrics)

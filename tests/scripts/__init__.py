@@ -65,6 +65,8 @@ SCRIPTS: dict[str, ScriptCase] = {
     "loss_shape_broadcast.py": ScriptCase(rules=("loss-shape-broadcast",), allowed=("loss-plateau",)),
     "rnn_batch_first_mismatch.py": ScriptCase(rules=("rnn-batch-first-mismatch",), allowed=("loss-plateau",)),
     "healthy_lstm_seq_major_nll.py": ScriptCase(),
+    "nonfinite_inputs.py": ScriptCase(
+        rules=("nonfinite-inputs", "nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters")),
 }
 
 

@@ -224,6 +224,13 @@ def check_onecycle_stepped_per_epoch(run: Run) -> None:
     assert run.objects["schedulers"][0]["config"]["total_steps"] == 32
 
 
+def check_nonfinite_inputs(run: Run) -> None:
+    bad = run.kind("nonfinite_input")
+    assert bad and bad[0]["step"] == 8  # the validation set's Inf is not a training batch
+    assert bad[0]["tensors"] == [{"path": "batch[0]", "nan": True, "posinf": False, "neginf": False,
+                                  "max": None}]
+
+
 def _loss_calls(run: Run) -> list[dict]:
     return run.kind("loss_call")
 
