@@ -2,7 +2,9 @@
 for the distributed tests. Launch with torchrun:
 
     python -m torch.distributed.run --nproc-per-node 2 --standalone \
-        tests/distributed/fsdp_script.py RUN_DIR
+        tests/distributed/fsdp_script.py RUN_DIR [--device cuda]
+
+`--device cuda` runs on NCCL, one GPU per rank (tests/gpu/test_distributed_gpu.py).
 
 Besides the run directory, rank 0 writes RUN_DIR/truth.json: the true global gradient
 norms (all-gathered with `full_tensor()`, outside the recorder) that the report must
@@ -10,6 +12,7 @@ reconstruct from the ranks' local shard norms.
 """
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -28,15 +31,19 @@ from diagnose import Monitor
 parser = argparse.ArgumentParser()
 parser.add_argument("run_dir")
 parser.add_argument("--steps", type=int, default=8)
+parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
 args = parser.parse_args()
 
-dist.init_process_group("gloo")
+if args.device == "cuda":
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
 rank = dist.get_rank()
+device = torch.device(args.device, torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
 torch.set_num_threads(1)
 torch.manual_seed(0)
-mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+mesh = init_device_mesh(args.device, (dist.get_world_size(),))
 # 7 output rows: sharded 4 + 3 along dim 0, so the shards differ in size.
-model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 7))
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 7)).to(device)
 for layer in model:
     if isinstance(layer, nn.Linear):
         fully_shard(layer, mesh=mesh)
@@ -47,7 +54,7 @@ torch.manual_seed(1 + rank)
 truth = {"grad_norm": [], "param_grad_norms": []}
 with Monitor(args.run_dir, model=model, optimizer=optimizer) as mon:
     for step in range(args.steps):
-        x = torch.randn(32, 8)
+        x = torch.randn(32, 8, device=device)
         optimizer.zero_grad()
         F.cross_entropy(model(x), (x[:, 0] > 0).long() * 3).backward()
         # The truth, for the test only: full_tensor() is a collective diagnose never runs.
