@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,9 @@ def load_profile(profile_dir: Path, relative_to: Path | None = None) -> ProfileS
     level = tb_logger.level
     tb_logger.setLevel(logging.ERROR)  # its per-event warnings are not the user's business
     try:
-        with tempfile.TemporaryDirectory(prefix="diagnose-profile-") as cache:
+        with tempfile.TemporaryDirectory(prefix="diagnose-profile-") as cache, warnings.catch_warnings():
+            # its kernel table passes pandas a `copy=` keyword that pandas 3 deprecates
+            warnings.simplefilter("ignore")
             _, trace_json = RunProfileData._preprocess_file(str(files[-1]), cache)
             adapted = adapt_trace(trace_json)
             data = RunProfileData.from_json(worker, span, trace_json)

@@ -106,3 +106,55 @@ def test_a_bad_trace_is_a_note_not_a_crash(profiled_run: Path, tmp_path: Path) -
     assert document["profile"]["0"]["status"] == "failed"
     assert any(n.startswith("rank0/profile: could not parse") for n in document["notes"])
     assert "Traceback" not in result.output
+
+
+def _kineto_like_gpu_trace(steps=(7, 8, 9)) -> dict:
+    """A minimal trace in the categories current torch (Kineto) writes on a GPU: per step a
+    DataLoader span (6 ms), an aten::mm that launches a 3 ms kernel through cudaLaunchKernel,
+    and the step mirrored on the GPU timeline (`gpu_user_annotation`). Real CUDA traces
+    are in tests/data/profile/ (bench/profile_gpu.py); this one runs without them."""
+    events = [{"ph": "X", "cat": "Trace", "name": "PyTorch Profiler (0)", "pid": "Spans", "tid": "PyTorch Profiler",
+               "ts": 1000, "dur": 10000 * len(steps)}]
+    for i, step in enumerate(steps):
+        t0, ext, corr = 1000 + i * 10000, 10 * i, 100 + i
+        events += [
+            {"ph": "X", "cat": "user_annotation", "name": f"ProfilerStep#{step}", "pid": 10, "tid": 10, "ts": t0,
+             "dur": 10000, "args": {"External id": ext + 1}},
+            {"ph": "X", "cat": "user_annotation", "name": "enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__",
+             "pid": 10, "tid": 10, "ts": t0 + 10, "dur": 6000, "args": {"External id": ext + 2}},
+            {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 10, "tid": 10, "ts": t0 + 6100, "dur": 200,
+             "args": {"External id": ext + 3}},
+            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 10, "tid": 10, "ts": t0 + 6150,
+             "dur": 20, "args": {"External id": ext + 3, "correlation": corr}},
+            {"ph": "X", "cat": "kernel", "name": "sm90_gemm", "pid": 0, "tid": 7, "ts": t0 + 6200, "dur": 3000,
+             "args": {"External id": ext + 3, "correlation": corr, "device": 0, "stream": 7, "blocks per SM": 1.0,
+                      "est. achieved occupancy %": 12}},
+            {"ph": "X", "cat": "gpu_user_annotation", "name": f"ProfilerStep#{step}", "pid": 0, "tid": 7,
+             "ts": t0 + 6200, "dur": 3000}]
+    return {"schemaVersion": 1, "traceEvents": events,
+            "deviceProperties": [{"id": 0, "name": "GPU-X", "totalGlobalMem": 80 << 30, "computeMajor": 9,
+                                  "computeMinor": 0}]}
+
+
+@pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")  # torch-tb-profiler on pandas 3, called raw
+def test_gpu_categories_of_current_torch(tmp_path: Path) -> None:
+    from torch_tb_profiler.profiler.data import RunProfileData
+
+    raw = RunProfileData.from_json("rank0", None, _kineto_like_gpu_trace())  # torch-tb-profiler alone
+    assert raw.steps_names == ["7", "7", "8", "8", "9", "9"]  # each step twice (the GPU-side span)
+    assert not raw.has_runtime and raw.op_list_groupby_name[0].self_device_duration == 0  # kernel not tied to mm
+
+    folder = tmp_path / "rank0" / "profile"
+    folder.mkdir(parents=True)
+    _runs.write_trace(folder / "rank0.1.pt.trace.json.gz", _kineto_like_gpu_trace())
+    profile = load_profile(folder)
+    assert [s.step for s in profile.steps] == [7, 8, 9]
+    assert profile.mean_ms["total"] == pytest.approx(10.0)
+    assert profile.mean_ms["kernel"] == pytest.approx(3.0) and profile.mean_ms["data_loading"] == pytest.approx(6.0)
+    assert profile.mean_ms["runtime"] > 0
+    [gpu] = profile.gpus
+    assert gpu.name == "GPU-X" and gpu.utilization == pytest.approx(0.3) and gpu.occupancy == pytest.approx(0.12)
+    [mm] = profile.top_operators
+    assert mm.name == "aten::mm" and mm.device_self_ms == pytest.approx(9.0)  # 3 launches x 3 ms
+    assert profile.top_kernels[0].name == "sm90_gemm" and profile.top_kernels[0].calls == 3
+    assert any("low utilization" in r for r in profile.recommendations)
