@@ -188,7 +188,6 @@ class Session:
         if self._last_loader is not None:
             self._train_loader = self._last_loader
             self.rec.inputs.keep_only(self._train_loader)
-            self.rec.inputs.keep_only(self._train_loader)
             self.rec.set_epoch(0)
 
     def _models_without_forward(self) -> None:
@@ -385,13 +384,6 @@ class Session:
             self._last_loader = getattr(iterator, loaders.LOADER_ATTR, None)
         except Exception as exc:  # noqa: BLE001 - runs in the iterator's finally
             self.fault(exc)
-
-    def on_batch(self, iterator, batch) -> None:
-        """A batch fetched with autograd on: checked for NaN/Inf if it is (or may be, before
-        the first optimizer step) a training batch."""
-        key = getattr(iterator, loaders.LOADER_ATTR, None)
-        if self._train_loader is None or key == self._train_loader:
-            self.rec.on_batch(batch, key)
 
     def on_batch(self, iterator, batch) -> None:
         """A batch fetched with autograd on: checked for NaN/Inf if it is (or may be, before
