@@ -27,6 +27,7 @@ import torch
 from diagnose.recorder import checkpoints, hooks, inputs, numerics, system, updates, warnings_capture
 from diagnose.profiling.window import ProfileWindow
 from diagnose.recorder import contracts
+from diagnose.recorder import interrupts
 from diagnose.recorder.writer import RunWriter
 from diagnose.rundir import schema
 
@@ -151,6 +152,7 @@ class Recorder:
         self.contracts = contracts.ContractWatcher(self)  # loss and RNN calls (sampled steps)
         hooks.add_global_listener(self)
         warnings_capture.add_listener(self)
+        interrupts.install()  # a Ctrl-C Python swallowed (in a __del__) is raised again
         self._listening = True
         if self.options.profile is not None:
             self._profile("start")
@@ -344,6 +346,7 @@ class Recorder:
 
     # ---- hook callbacks ------------------------------------------------------------------
     def _safe(self, fn: Callable, *args) -> Any:
+        interrupts.redeliver()  # a swallowed Ctrl-C/SIGTERM stops the loop here (interrupts.py)
         if self._broken or self._closed:
             return None
         try:
@@ -680,6 +683,7 @@ class Recorder:
         if self._listening:
             hooks.remove_global_listener(self)
             warnings_capture.remove_listener(self)
+            interrupts.uninstall()
             self._listening = False
         record = {"type": "status", "status": status, "at": time.time(),
                   "steps": self.step + (1 if self._stepped else 0)}
@@ -695,6 +699,7 @@ class Recorder:
             if not self._closed and self._listening:
                 hooks.remove_global_listener(self)
                 warnings_capture.remove_listener(self)
+                interrupts.uninstall()
         except Exception:  # noqa: BLE001
             pass
 
