@@ -67,6 +67,7 @@ SCRIPTS: dict[str, ScriptCase] = {
     "healthy_lstm_seq_major_nll.py": ScriptCase(),
     "nonfinite_inputs.py": ScriptCase(
         rules=("nonfinite-inputs", "nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters")),
+    "update_ratio_tiny_lr_group.py": ScriptCase(rules=("update-ratio",)),
 }
 
 

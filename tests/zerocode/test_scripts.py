@@ -231,6 +231,13 @@ def check_nonfinite_inputs(run: Run) -> None:
                                   "max": None}]
 
 
+def check_update_ratio_tiny_lr_group(run: Run) -> None:
+    assert len(run.steps) == 100 and [s["lr"] for s in run.steps[:1]] == [[1e-9, 1e-3]]
+    with ipc.open_stream(run.rank / "update_norms.arrow") as stream:
+        table = stream.read_all()
+    assert table.column("step").to_pylist() == [0, 25, 50, 75]
+
+
 def _loss_calls(run: Run) -> list[dict]:
     return run.kind("loss_call")
 

@@ -108,3 +108,12 @@ def test_copy_refused_past_the_memory_budget(tmp_path: Path, monkeypatch: pytest
 
 def test_silent_on_healthy(healthy_run) -> None:
     assert update_ratio.check(healthy_run.first) == []
+
+
+def test_zero_code_script_with_a_group_at_lr_1e9(tmp_path: Path) -> None:
+    from diagnose.zerocode import run_script
+    from tests.scripts import script_path
+
+    assert run_script(script_path("update_ratio_tiny_lr_group.py"), [], tmp_path / "run") == 0
+    [finding] = update_ratio.check(read_run(tmp_path / "run").first)
+    assert finding.evidence["direction"] == "small" and list(finding.evidence["median_ratio"]) == ["0"]
