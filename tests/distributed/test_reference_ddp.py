@@ -3,7 +3,8 @@ run, the three rank injections, and a resume of the healthy run's first checkpoi
 
 Four 2-process runs are launched at once (once per module), then the resume; a tiny
 config (512 images, batch 16, 16 steps per rank per epoch, 2 epochs) keeps each to a few
-seconds.
+seconds. The healthy run goes through `diagnose run --nproc-per-node 2`, the others
+through `torchrun -m diagnose.cli run` directly (the same processes, one launcher less).
 """
 from __future__ import annotations
 
@@ -44,9 +45,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def _launch(out: Path, config: Path, *args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "diagnose.cli", "run", "--nproc-per-node", "2", "--no-report",
-           "--out", str(out), "--config", str(config), *args]
+def _launch(out: Path, config: Path, *args: str, cli: bool = False) -> subprocess.Popen:
+    run = ["--no-report", "--out", str(out), "--config", str(config), *args]
+    if cli:  # diagnose run starts torchrun
+        cmd = [sys.executable, "-m", "diagnose.cli", "run", "--nproc-per-node", "2", *run]
+    else:    # torchrun starts diagnose run in each process
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+               "-m", "diagnose.cli", "run", *run]
     return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -58,7 +63,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config.write_text(TINY + "nan_step = 6\n")
     late = base / "late.toml"  # the kill comes in the second epoch
     late.write_text(TINY + "nan_step = 24\n")
-    procs = {name: _launch(base / name, late if name == "rank-killed" else config, *args)
+    procs = {name: _launch(base / name, late if name == "rank-killed" else config, *args, cli=name == "healthy")
              for name, args in RUNS.items()}
     outputs = {name: proc.communicate(timeout=240)[0] for name, proc in procs.items()}
     for name, proc in procs.items():
