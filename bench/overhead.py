@@ -163,10 +163,17 @@ def variant_context(name: str, setup: Setup, opt, sched, scaler, tmp: Path) -> I
                      scheduler=sched, scaler=scaler):
             yield noop
     elif name == "diagnose-zerocode":
-        from diagnose.zerocode import session  # the same attach code `diagnose run script.py` uses
+        # What `diagnose run script.py` attaches: class-level wrappers and global hooks that
+        # adopt the optimizer, scheduler, scaler and model at their first calls.
+        from diagnose.recorder.recorder import RecorderOptions
+        from diagnose.zerocode.session import Session
 
-        with session.attached(tmp / f"zc-{time.monotonic_ns()}", objects=(model, opt, sched, scaler)):
+        session = Session(tmp / f"zc-{time.monotonic_ns()}", options=RecorderOptions())
+        session.install()
+        try:
             yield noop
+        finally:
+            session.close("finished")
     elif name == "lightning-grad-norm":
         yield lambda loss: lightning_grad_norm(model, 2)
     elif name == "norm-item":
@@ -226,6 +233,54 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _quartiles(sorted_values: list[float]) -> tuple[float, float]:
+    if len(sorted_values) < 4:
+        return sorted_values[0], sorted_values[-1]
+    q = statistics.quantiles(sorted_values, n=4)
+    return q[0], q[2]
+
+
+def host_profile(variant: str, setup: Setup, opt, sched, scaler, step, steps: int) -> None:
+    """Host time to issue one step (the device runs behind), bare and under `variant`.
+
+    On a GPU whose step is host-bound this is what an instrument costs; the cProfile
+    of the variant (sorted by own time) says where.
+    """
+    import cProfile
+    import io
+    import pstats
+
+    tmp = Path(tempfile.mkdtemp(prefix="diagnose-host-"))
+
+    def issue(after: Callable, n: int) -> float:
+        sync(setup.device)
+        start = time.perf_counter()
+        for _ in range(n):
+            step(after)
+        elapsed = time.perf_counter() - start
+        sync(setup.device)
+        return elapsed / n
+
+    result: dict[str, list[float]] = {"bare": [], variant: []}
+    for _ in range(5):
+        for name in ("bare", variant):
+            with variant_context(name, setup, opt, sched, scaler, tmp) as after:
+                issue(after, 3)
+                result[name].append(issue(after, steps))
+    for name, values in result.items():
+        print(f"host ms per step, {name}: median {statistics.median(values) * 1e3:.3f} "
+              f"{[round(v * 1e3, 2) for v in values]}")
+    with variant_context(variant, setup, opt, sched, scaler, tmp) as after:
+        issue(after, 3)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        issue(after, steps)
+        profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
+    print(out.getvalue()[:9000])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Recorder overhead benchmark")
     parser.add_argument("--model", default="default", choices=["default", "mlp200", "gpt2"])
@@ -238,6 +293,9 @@ def main() -> None:
     parser.add_argument("--variants", default="bare,loss-item,diagnose,diagnose-zerocode,"
                         "lightning-grad-norm,norm-item,grad-histograms,profiler")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--host-profile", metavar="VARIANT",
+                        help="instead of the benchmark: the host time per step (no sync inside "
+                             "the timed steps) bare and under VARIANT, and a cProfile of VARIANT")
     args = parser.parse_args()
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available())
                           else ("cpu" if args.device == "auto" else args.device))
@@ -248,6 +306,9 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-4, total_steps=total)
     scaler = torch.amp.GradScaler(device.type) if setup.scaler else None
     step = step_fn(setup, opt, sched, scaler)
+    if args.host_profile:
+        host_profile(args.host_profile, setup, opt, sched, scaler, step, args.steps)
+        return
     variants = [v for v in args.variants.split(",") if v]
     times: dict[str, list[float]] = {v: [] for v in variants}
     tmp = Path(tempfile.mkdtemp(prefix="diagnose-bench-"))
@@ -272,17 +333,24 @@ def main() -> None:
     rows = []
     for name, values in times.items():
         med = statistics.median(values)
+        # Paired: each round's time over the same round's bare time. Slow drifts of the
+        # machine (clocks, other tenants) cancel, so this resolves smaller differences.
+        paired = sorted(v / b for v, b in zip(values, times["bare"]))
+        q1, q3 = _quartiles(paired)
         rows.append({"variant": name, "median_ms": med * 1e3, "min_ms": min(values) * 1e3,
                      "max_ms": max(values) * 1e3, "ratio": med / bare,
-                     "ratio_lo": min(values) / bare, "ratio_hi": max(values) / bare})
+                     "ratio_lo": min(values) / bare, "ratio_hi": max(values) / bare,
+                     "paired": statistics.median(paired), "paired_q1": q1, "paired_q3": q3})
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     print(f"\n{args.model} batch={args.batch} seq={args.seq} on {name}, torch {torch.__version__}, "
           f"{args.rounds} rounds x {args.steps} steps, {os.cpu_count()} CPUs")
-    print("| variant | median step (ms) | ratio to bare | spread (min–max ratio) |")
-    print("| --- | --- | --- | --- |")
+    print("| variant | median step (ms) | ratio to bare | spread (min–max ratio) "
+          "| paired ratio: median [q1–q3] |")
+    print("| --- | --- | --- | --- | --- |")
     for row in rows:
         print(f"| {row['variant']} | {row['median_ms']:.2f} | {row['ratio']:.3f}x | "
-              f"{row['ratio_lo']:.3f}–{row['ratio_hi']:.3f} |")
+              f"{row['ratio_lo']:.3f}–{row['ratio_hi']:.3f} | "
+              f"{row['paired']:.3f}x [{row['paired_q1']:.3f}–{row['paired_q3']:.3f}] |")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "device": name, "rows": rows,
                                          "raw_s": times}, indent=1))

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import torch
 
+from diagnose.recorder import clipcapture
+
 _MISSING = object()
 
 
@@ -202,11 +204,17 @@ def _wrap_backward(original: Callable) -> Callable:
 def _wrap_clip(kind: str) -> Callable[[Callable], Callable]:
     def make(original: Callable) -> Callable:
         def clip(*args, **kwargs):
-            result = original(*args, **kwargs)
             if _is_compiling():
-                return result
+                return original(*args, **kwargs)
+            if kind != "clip_grad_norm_" or not _listeners:
+                result, norms = original(*args, **kwargs), None
+            else:  # keep the per-parameter norms the clip computes (clipcapture.py)
+                with clipcapture.capture() as norms:
+                    result = original(*args, **kwargs)
             for listener in list(_listeners):
                 listener._safe(listener.on_clip, kind, args, kwargs, result)
+                if norms is not None and hasattr(listener, "on_clip_norms"):
+                    listener._safe(listener.on_clip_norms, norms)
             return result
 
         return clip

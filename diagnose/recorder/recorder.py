@@ -11,6 +11,7 @@ as a warning and an event, the recorder switches itself off, and training goes o
 from __future__ import annotations
 
 import math
+import operator
 import shutil
 import sys
 import time
@@ -58,6 +59,11 @@ class _Step:
     inputs: tuple | None = None
     """Finite checks of the step's batches (`inputs.InputChecks.take`)."""
     clip_max: float | None = None
+    clip_capture: Any = None
+    """The clip call's own per-parameter norms (clipcapture.ClipNorms); False: unusable."""
+    norms_from_clip: bool = False
+    norms_order: list | None = None
+    """Where each present parameter's norm sits in `norms` when the clip's order differs."""
 
 
 @dataclass
@@ -469,6 +475,7 @@ class Recorder:
 
     def on_optimizer_step_post(self) -> None:
         self._stepped = True
+        self._cur.clip_capture = None
 
     def on_save(self, obj: Any, f: Any) -> None:
         """`torch.save(obj, f)` returned: a `checkpoint` event (path, top-level keys)."""
@@ -488,6 +495,40 @@ class Recorder:
             self._cur.clip_max = float(max_norm) if max_norm is not None else None
             if isinstance(result, torch.Tensor):
                 self._cur.clip_norm = result.detach()
+
+    def on_clip_norms(self, norms: Any) -> None:
+        """`clip_grad_norm_` computed every gradient's norm (diagnose/recorder/clipcapture.py):
+        keep them for the optimizer step, when they are of unscaled gradients and from the
+        step's only clip call."""
+        cur = self._cur
+        if self._stepped:  # clipping after the step: not this step's gradients
+            return
+        if cur.clip_capture is not None:  # a second clip call: no single set of norms
+            cur.clip_capture = False
+            return
+        scaled = not self._unscaled and any(s.is_enabled() for s in self.scalers)
+        cur.clip_capture = False if scaled else norms
+
+    def _norms_from_clip(self, scale: torch.Tensor | None) -> tuple | None:
+        """(present, device vector, order) from the step's clip call, or None to compute."""
+        capture, self._cur.clip_capture = self._cur.clip_capture, None  # frees its grads
+        if not capture or scale is not None:
+            return None
+        vector = capture.vector()
+        if vector is None:
+            return None
+        grads = [p.grad for p in self.params]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if not present:
+            return None
+        mine = [grads[i] for i in present]
+        if len(mine) == len(capture.grads) and all(map(operator.is_, mine, capture.grads)):
+            return present, vector, None  # the usual case: the clip saw them in our order
+        position = {id(g): k for k, g in enumerate(capture.grads)}
+        order = [position.get(id(g)) for g in mine]
+        if None in order:  # a gradient the clip did not see
+            return None
+        return present, vector, order
 
     def _at_optimizer_step(self, scale: torch.Tensor | None) -> None:
         """Grad norms, LR and timing at an optimizer step (first one in the step only)."""
@@ -513,11 +554,16 @@ class Recorder:
                     cur.lr_tensors.append((len(cur.lr) - 1, lr.detach()))
                 else:
                     cur.lr.append(float(lr) if lr is not None else None)
+        from_clip = self._norms_from_clip(scale)
         if self.step % self.options.grad_every == 0 and self.params:
-            present, norms = numerics.grad_norms(self.params)
-            if norms is not None and scale is not None:
-                norms = norms / scale.float()
-            cur.norms_present, cur.norms = present, norms
+            if from_clip is not None:
+                cur.norms_present, cur.norms, cur.norms_order = from_clip
+                cur.norms_from_clip = True
+            else:
+                present, norms = numerics.grad_norms(self.params)
+                if norms is not None and scale is not None:
+                    norms = norms / scale.float()
+                cur.norms_present, cur.norms = present, norms
 
     def on_batch(self, batch: Any, key: Any = None) -> None:
         """A training batch arrived (from a watched loader): check its float tensors for
@@ -581,7 +627,8 @@ class Recorder:
             "samples": cur.samples, "tokens": cur.tokens or None,
             "mem_alloc_bytes": alloc, "mem_reserved_bytes": reserved, "mem_peak_bytes": peak,
             "rss_bytes": system.rss_bytes(),
-            "_present": cur.norms_present, "_lr_slots": [i for i, _ in cur.lr_tensors],
+            "_present": cur.norms_present,
+            "_clip": (cur.norms_order,) if cur.norms_from_clip else None, "_lr_slots": [i for i, _ in cur.lr_tensors],
             "_inputs": (input_host, input_paths), "_moved": moved[0] if moved else None}
         self._inflight.append(self.copier.pack(parts, meta))
         self._write_calls()
@@ -604,6 +651,7 @@ class Recorder:
         values = flight.values()
         meta = flight.meta
         present = meta.pop("_present")
+        from_clip = meta.pop("_clip", None)
         lr_slots = meta.pop("_lr_slots")
         input_host, input_paths = meta.pop("_inputs", ([], []))
         moved = meta.pop("_moved", None)
@@ -617,6 +665,11 @@ class Recorder:
         record["clip_norm"] = _scalar(values.get("clip_norm"))
         step = record["step"]
         if "norms" in values and present is not None:
+            if from_clip is not None:  # the clip's norms: before it scaled the gradients
+                order = from_clip[0]
+                values["norms"] = _after_clip(
+                    values["norms"] if order is None else values["norms"][order],
+                    record.get("clip_norm"), record.get("clip_max"))
             full = np.full(len(self.params), -1.0, dtype=np.float32)
             full[present] = values["norms"]
             got = values["norms"].astype(np.float64)
@@ -702,6 +755,21 @@ class Recorder:
                 interrupts.uninstall()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _after_clip(norms: np.ndarray, total: float | None, max_norm: float | None) -> np.ndarray:
+    """Per-parameter norms after `clip_grad_norm_` scaled the gradients, from those before.
+
+    Same formula as torch (clip_coef = max_norm / (total + 1e-6), clamped to 1; a NaN total
+    gives NaN), so the values equal what the recorder reads from the clipped gradients.
+    """
+    if total is None or max_norm is None:
+        return norms
+    coef = max_norm / (total + 1e-6)
+    if coef >= 1.0:  # no clipping this step (NaN compares False and scales below)
+        return norms
+    with np.errstate(invalid="ignore", over="ignore"):
+        return norms * np.float32(coef)
 
 
 def _run_length(tokens: list[str]) -> list[str]:

@@ -1,9 +1,12 @@
 """Buffered, crash-tolerant writer for one rank's run-directory files.
 
-The training thread only appends Python objects to an in-memory queue; a daemon
-thread serialises them (JSON Lines, Arrow IPC record batches) and flushes every
-`flush_interval_s`. So a SIGKILL loses at most the records of the last flush
-interval, and a torn last line is the worst a crash can leave behind.
+The training thread only appends Python objects to an in-memory deque (no lock, no
+wake-up: an append costs a few hundred nanoseconds); a daemon thread wakes every
+`flush_interval_s`, serialises what is pending (JSON Lines, Arrow IPC record batches) and
+flushes. Waking it once per record instead made every record a thread hand-off of the
+GIL, measurable on a launch-bound GPU step. A SIGKILL loses at most the records of the
+last flush interval, and a torn last line is the worst a crash can leave behind; meta
+lines (a handful per run) wake the thread at once, so the pid is on disk early.
 
 Any I/O failure (disk full, directory removed, permissions) switches the writer
 off with one warning: the user's training goes on, and the status records say the
@@ -14,10 +17,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import queue
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,10 @@ def _clean(value: Any) -> Any:
 
 def dumps(record: dict) -> str:
     """One JSON line for `record` (non-finite floats as strings, unknown objects as str)."""
-    return json.dumps(_clean(record), separators=(",", ":"), allow_nan=False)
+    try:  # the common case, all in C: plain finite values
+        return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError):  # NaN/Inf, numpy scalars, other objects
+        return json.dumps(_clean(record), separators=(",", ":"), allow_nan=False)
 
 
 @dataclass
@@ -76,7 +82,8 @@ class RunWriter:
         self.arrow_chunk_rows = arrow_chunk_rows
         self.arrow_interval_s = arrow_interval_s
         self.failed: str | None = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: deque = deque()
+        self._wake = threading.Event()
         self._files: dict[str, Any] = {}
         self._matrices: dict[str, _Matrix] = {}
         self._n_params = n_params
@@ -92,12 +99,14 @@ class RunWriter:
     def line(self, file_name: str, record: dict) -> None:
         """Queue one JSON line for `file_name` (meta, params, steps or events)."""
         if self.failed is None:
-            self._queue.put((file_name, record))
+            self._pending.append((file_name, record))
+            if file_name == schema.META_FILE:
+                self._wake.set()
 
     def matrix_row(self, file_name: str, step: int, values: np.ndarray) -> None:
         """Queue one float32 row (one value per parameter) for an Arrow file."""
         if self.failed is None:
-            self._queue.put((file_name, (step, values)))
+            self._pending.append((file_name, (step, values)))
 
     def set_param_count(self, n_params: int) -> None:
         """Fix the number of parameter columns (before the first matrix row)."""
@@ -106,49 +115,42 @@ class RunWriter:
     def flush(self, timeout_s: float = 10.0) -> None:
         """Write everything queued so far (blocks until done or `timeout_s`)."""
         done = threading.Event()
-        self._queue.put((_FLUSH, done))
+        self._pending.append((_FLUSH, done))
+        self._wake.set()
         if self._thread.is_alive():
             done.wait(timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush, close every file and stop the thread."""
-        self._queue.put((_STOP, None))
+        self._pending.append((_STOP, None))
+        self._wake.set()
         self._thread.join(timeout_s)
 
     # ---- the writer thread -----------------------------------------------------------
     def _loop(self) -> None:
-        deadline = time.monotonic() + self.flush_interval_s
         while True:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                kind, payload = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                self._flush_files(arrow_force=False)
-                deadline = time.monotonic() + self.flush_interval_s
-                continue
-            if kind is _STOP:
-                self._flush_files(arrow_force=True)
-                self._close_files()
-                return
-            if kind is _FLUSH:
-                self._flush_files(arrow_force=True)
-                payload.set()
-                continue
-            if self.failed is not None:
-                continue
-            try:
-                if isinstance(payload, tuple):
-                    self._add_row(kind, *payload)
-                else:
-                    handle = self._handle(kind)
-                    handle.write(dumps(payload) + "\n")
-                    if kind == schema.META_FILE:  # a handful of lines: on disk at once, so a
-                        handle.flush()  # SIGKILL in the first flush interval still leaves the pid
-            except Exception as exc:  # noqa: BLE001 - a recorder fault must never escape
-                self._fail(exc)
-            if time.monotonic() >= deadline:
-                self._flush_files(arrow_force=False)
-                deadline = time.monotonic() + self.flush_interval_s
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            while self._pending:
+                kind, payload = self._pending.popleft()
+                if kind is _STOP:
+                    self._flush_files(arrow_force=True)
+                    self._close_files()
+                    return
+                if kind is _FLUSH:
+                    self._flush_files(arrow_force=True)
+                    payload.set()
+                    continue
+                if self.failed is not None:
+                    continue
+                try:
+                    if isinstance(payload, tuple):
+                        self._add_row(kind, *payload)
+                    else:
+                        self._handle(kind).write(dumps(payload) + "\n")
+                except Exception as exc:  # noqa: BLE001 - a recorder fault must never escape
+                    self._fail(exc)
+            self._flush_files(arrow_force=False)
 
     def _handle(self, file_name: str):
         handle = self._files.get(file_name)

@@ -172,10 +172,10 @@ def test_existing_run_is_never_overwritten_without_asking(tmp_path):
 
 
 def test_recorder_fault_warns_once_and_training_goes_on(tmp_path, monkeypatch):
-    def broken(params):
+    def broken():
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(recorder_mod.numerics, "grad_norms", broken)
+    monkeypatch.setattr(recorder_mod.system, "rss_bytes", broken)  # read at every step
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model, losses = _train(tmp_path / "run", steps=5)
