@@ -1,8 +1,9 @@
 """Crash safety: kill `diagnose run` at random points and check what the run directory keeps.
 
 Each trial starts the reference loop (a tiny config: ~1 ms steps) as a subprocess, waits
-until its recorder has written meta.jsonl, sleeps a random time (fixed seed), sends a
-signal and checks the directory with `read_run`:
+for a point in the run to show on disk (`POINTS`: the first step flushed, or the first or
+third epoch's checkpoint written), sleeps a random time (fixed seed), sends a signal and
+checks the directory with `read_run`:
 
 - SIGKILL: the reader reads it, reports status `crashed` (the pid is gone), steps.jsonl
   holds steps 0..k with no gap and no repeat, the grad-norm series holds steps 0..m with no gap, and the records lost are those of the last flush interval:
@@ -39,6 +40,11 @@ epochs = 1000
 num_threads = 1
 """
 FLUSH_INTERVAL_S = 1.0
+POINTS = {  # what must exist in the run directory before the (random) wait and the signal
+    "first-step": "rank0/steps.jsonl",
+    "first-checkpoint": "checkpoints/epoch000.pt",
+    "third-checkpoint": "checkpoints/epoch002.pt",
+}
 
 
 @dataclass
@@ -46,6 +52,7 @@ class Trial:
     seed: int
     sig: str
     delay_s: float
+    point: str = "first-step"
     steps: int = 0
     lost_s: float = 0.0
     lost_records: int = 0
@@ -56,33 +63,38 @@ def start_run(out: Path, config: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "diagnose.cli", "run", "--out", str(out), "--config", str(config),
            "--steps", "1000000", "--no-report"]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(_stderr_file(out), "wb") as stderr:  # kept: "Exception ignored in ..." tells where
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
-def _wait_started(proc: subprocess.Popen, out: Path, limit_s: float = 120.0) -> bool:
-    """Until the recorder has flushed its first step (the loop is running)."""
-    steps = out / "rank0" / "steps.jsonl"
+def _stderr_file(out: Path) -> Path:
+    return out.parent / f"{out.name}.stderr"
+
+
+def _wait_for(proc: subprocess.Popen, path: Path, limit_s: float = 120.0) -> bool:
+    """Until `path` exists and is not empty (that point of the run is on disk)."""
     end = time.monotonic() + limit_s
     while time.monotonic() < end and proc.poll() is None:
-        if steps.is_file() and steps.stat().st_size > 0:
+        if path.is_file() and path.stat().st_size > 0:
             return True
         time.sleep(0.02)
     return False
 
 
-def run_trial(workdir: Path, seed: int, sig: signal.Signals, max_delay_s: float = 2.0) -> Trial:
+def run_trial(workdir: Path, seed: int, sig: signal.Signals, max_delay_s: float = 2.0,
+              point: str = "first-step") -> Trial:
     """One trial; `Trial.failure` says what broke (None: all checks held)."""
     from diagnose.rundir.reader import RunDirError, read_run
 
     rng = random.Random(seed)
-    trial = Trial(seed=seed, sig=sig.name, delay_s=round(rng.uniform(0.0, max_delay_s), 3))
-    out = workdir / f"trial{seed}-{sig.name}"
+    trial = Trial(seed=seed, sig=sig.name, delay_s=round(rng.uniform(0.0, max_delay_s), 3), point=point)
+    out = workdir / f"trial{seed}-{sig.name}-{point}"
     config = workdir / "tiny.toml"
     config.write_text(TINY_CONFIG)
     proc = start_run(out, config)
     try:
-        if not _wait_started(proc, out):
-            trial.failure = f"run did not start (exit {proc.poll()})"
+        if not _wait_for(proc, out / POINTS[point]):
+            trial.failure = f"run did not reach {point} (exit {proc.poll()})"
             return trial
         time.sleep(trial.delay_s)
         sent_at = time.time()
@@ -90,7 +102,9 @@ def run_trial(workdir: Path, seed: int, sig: signal.Signals, max_delay_s: float 
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            trial.failure = f"still running 120 s after {sig.name} (the signal was lost)"
+            ignored = [line for line in _stderr_file(out).read_text(errors="replace").splitlines()
+                       if "Exception ignored" in line]
+            trial.failure = f"still running 120 s after {sig.name} (the signal was lost) {ignored[:1]}"
             return trial
     finally:
         if proc.poll() is None:
@@ -151,18 +165,21 @@ def _gaps(steps: list[int]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=60, help="SIGKILL trials (plus 1 SIGTERM and 1 SIGINT per 10)")
+    parser.add_argument("--trials", type=int, default=60,
+                        help="SIGKILL trials (plus 1 SIGTERM and 1 SIGINT per 10), spread over the POINTS")
     parser.add_argument("--max-delay", type=float, default=3.0, help="Longest random wait before the signal, s.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/diagnose-crash-trials"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    plan = [(seed, signal.SIGKILL) for seed in range(args.trials)]
-    plan += [(1000 + i, s) for i in range(max(args.trials // 10, 1)) for s in (signal.SIGTERM, signal.SIGINT)]
+    points = list(POINTS)
+    plan = [(seed, signal.SIGKILL, points[seed % len(points)]) for seed in range(args.trials)]
+    plan += [(1000 + i, s, points[i % len(points)]) for i in range(max(args.trials // 10, 1))
+             for s in (signal.SIGTERM, signal.SIGINT)]
     trials = []
-    for seed, sig in plan:
-        trial = run_trial(args.workdir, seed, sig, args.max_delay)
+    for seed, sig, point in plan:
+        trial = run_trial(args.workdir, seed, sig, args.max_delay, point)
         trials.append(trial)
-        print(f"{trial.sig:8s} seed {seed:4d} delay {trial.delay_s:5.2f}s steps {trial.steps:6d} "
+        print(f"{trial.sig:8s} seed {seed:4d} {point:16s} delay {trial.delay_s:5.2f}s steps {trial.steps:6d} "
               f"lost {trial.lost_s:5.3f}s ~{trial.lost_records} records  {trial.failure or 'ok'}", flush=True)
     kills = [t for t in trials if t.sig == "SIGKILL" and t.failure is None]
     failures = [t for t in trials if t.failure]

@@ -1,7 +1,9 @@
 """Crash safety: kill the reference loop (`diagnose run`) and read what it left.
 
-Five trials of bench/crash_trials.py (fixed seeds, run side by side): three SIGKILLs at
-random points, one SIGTERM, one SIGINT. The bench script runs 60+ and prints the figures.
+Six trials of bench/crash_trials.py (fixed seeds, run side by side): two SIGKILLs, one
+SIGTERM and three SIGINTs, each sent a random moment after a point of the run showed on
+disk (the first step flushed, the first or third epoch's checkpoint written: waits on
+files, never on a fixed time). The bench script runs 60+ and prints the figures.
 """
 from __future__ import annotations
 
@@ -19,19 +21,23 @@ crash_trials = importlib.util.module_from_spec(_spec)
 sys.modules["crash_trials"] = crash_trials  # dataclasses look their module up
 _spec.loader.exec_module(crash_trials)
 
-PLAN = [(0, signal.SIGKILL), (1, signal.SIGKILL), (7, signal.SIGKILL), (1000, signal.SIGTERM), (1001, signal.SIGINT)]
+PLAN = [(0, signal.SIGKILL, "first-step"), (7, signal.SIGKILL, "first-checkpoint"),
+        (1000, signal.SIGTERM, "first-checkpoint"),
+        (1001, signal.SIGINT, "first-step"), (1002, signal.SIGINT, "first-checkpoint"),
+        (1003, signal.SIGINT, "third-checkpoint")]
 
 
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("crash")
     with ThreadPoolExecutor(len(PLAN)) as pool:
-        return list(pool.map(lambda p: crash_trials.run_trial(workdir, p[0], p[1], max_delay_s=0.6), PLAN))
+        return list(pool.map(lambda p: crash_trials.run_trial(workdir, p[0], p[1], max_delay_s=0.6, point=p[2]),
+                             PLAN))
 
 
-@pytest.mark.parametrize("index", range(len(PLAN)), ids=[f"{s.name}-{seed}" for seed, s in PLAN])
+@pytest.mark.parametrize("index", range(len(PLAN)), ids=[f"{s.name}-{seed}-{point}" for seed, s, point in PLAN])
 def test_run_directory_survives_the_signal(trials, index):
     trial = trials[index]
-    assert trial.failure is None, f"{trial.sig} after {trial.delay_s}s: {trial.failure}"
+    assert trial.failure is None, f"{trial.sig} {trial.delay_s}s after {trial.point}: {trial.failure}"
     assert trial.steps > 0  # the signal came while the loop was running
 
