@@ -3,7 +3,8 @@
 The recorder writes these events on sampled steps (diagnose/recorder/contracts.py,
 docs/run-directory.md). Each field is checked for its documented type: a shape is a
 list of non-negative integers, a statistic a float; anything else is read as missing
-(None / NaN), so a damaged line never reaches a rule as a wrong type.
+(None / NaN), as the rest of the reader does (diagnose/rundir/_coerce.py), so a
+damaged line never reaches a rule as a wrong type.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from diagnose.rundir import schema
+from diagnose.rundir._coerce import as_float, as_int
 
 LOSS_CALLS_COLUMNS = ("step", "fn", "input_shape", "input_dtype", "target_shape", "target_dtype",
                       "classes", "pred_min", "pred_max", "row_sum_err")
@@ -43,19 +45,15 @@ def empty_rnn_calls() -> pd.DataFrame:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
+    """An integral number within +-2**53 (the reader's limit), else None."""
+    return as_int(value)
 
 
 def _float(value: Any) -> float:
-    if isinstance(value, bool):
-        return math.nan
-    if isinstance(value, (int, float)):
-        return float(value)
+    """A number, or the writer's spelling of a non-finite one ("nan", "inf", "-inf"); else NaN."""
     if value in ("nan", "inf", "-inf"):
         return float(value)
-    return math.nan
+    return as_float(value)
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
