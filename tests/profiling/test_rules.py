@@ -71,3 +71,19 @@ def test_dataloader_bottleneck_quotes_the_profile(slow_loader_run: Path) -> None
     assert profile["profiled_steps"] == [3, 5]
     assert profile["profile_data_loading_share"] > 0.5  # the profiler sees the same wait
     assert "profiler's trace of steps 3-5 puts data loading at" in finding.explanation
+
+
+@pytest.mark.parametrize("name", ["gru_adam_plateau_fp16", "two_optimizers"])
+def test_profiling_a_healthy_run_raises_no_alarm(name: str, tmp_path: Path, monkeypatch) -> None:
+    """The profiled steps run slower and one step pauses to write the trace: no rule may
+    mistake that for a problem (healthy scenarios of tests/harness/scenarios.py)."""
+    import functools
+
+    from diagnose import Monitor
+    from tests.harness import scenarios
+
+    monkeypatch.setattr(scenarios, "Monitor", functools.partial(Monitor, profile=(3, 1, 3)))
+    run = read_run(scenarios.record(name, tmp_path / name))
+    assert run.first.profile is not None and run.first.profile.ok
+    findings, _ = run_rules(run)
+    assert [f.title for f in findings if f.severity >= Severity.WARNING] == []
