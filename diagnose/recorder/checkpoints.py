@@ -16,6 +16,13 @@ import torch
 MAX_KEYS = 64
 
 
+def is_storage(obj: Any) -> bool:
+    """A tensor storage: what `pickle` of a tensor passes to `torch.save` (TypedStorage's
+    `__reduce__` saves into a BytesIO), e.g. inside `dist.all_gather_object`. Not a
+    checkpoint, and not the user's call."""
+    return isinstance(obj, (torch.TypedStorage, torch.UntypedStorage))
+
+
 def describe_checkpoint(obj: Any, f: Any) -> dict:
     """The `checkpoint` event's fields for `torch.save(obj, f)` (no tensor is read)."""
     path = os.fspath(f) if isinstance(f, (str, os.PathLike)) else f"<{type(f).__name__}>"

@@ -479,6 +479,8 @@ class Recorder:
 
     def on_save(self, obj: Any, f: Any) -> None:
         """`torch.save(obj, f)` returned: a `checkpoint` event (path, top-level keys)."""
+        if checkpoints.is_storage(obj):  # pickling a tensor saves its storage (all_gather_object)
+            return
         self.event("checkpoint", **checkpoints.describe_checkpoint(obj, f))
 
     def on_warning(self, message: Any, category: Any, filename: Any, lineno: Any) -> None:

@@ -2,6 +2,7 @@
 reference loop's injection; silent on full checkpoints, final exports and no checkpoints."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,14 @@ def test_fires_from_torch_save_alone_and_counts_each_file_once(tmp_path: Path) -
     assert finding.evidence["checkpoints"] == 2 and finding.evidence["keys"] == ["bias", "weight"]
     torch.save({"x": torch.zeros(1)}, tmp_path / "after.pt")   # the recorder is closed: torch.save unwrapped
     assert not getattr(torch.save, "__diagnose_wrapped__", False)
+
+
+def test_pickling_a_tensor_is_no_checkpoint(tmp_path: Path) -> None:
+    def pickle_only(mon, model, opt, epoch, where):
+        # what dist.all_gather_object does: pickling a tensor torch.save()s its storage to a BytesIO
+        assert pickle.loads(pickle.dumps({"w": model.weight.detach()}))["w"].shape == (1, 4)
+    run = read_run(_loop(tmp_path / "run", pickle_only))
+    assert run.first.events_of("checkpoint").empty
 
 
 def test_silent_on_full_checkpoints_and_on_a_weights_export_beside_them(tmp_path: Path) -> None:
