@@ -178,7 +178,8 @@ def _launched_rank() -> int | None:
 
 
 def _check_ranks(config, nproc: int | None) -> None:
-    """A usage error when an injection needs more processes than the run will have."""
+    """A usage error when an injection needs more processes than the run will have, or
+    the processes more GPUs than the machine has (NCCL wants one GPU per rank)."""
     from reference_loop.injections import check_world_size
 
     world = nproc or int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -186,6 +187,13 @@ def _check_ranks(config, nproc: int | None) -> None:
         check_world_size(config.inject, world)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if nproc and nproc > 1 and config.device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if (config.device == "auto" and 0 < gpus < nproc) or (config.device != "auto" and gpus < nproc):
+            raise click.UsageError(f"--nproc-per-node {nproc} on CUDA needs one GPU per process; this machine "
+                                   f"has {gpus} (use --device cpu, or --nproc-per-node {max(gpus, 1)})")
 
 
 def _profile_window(profile: bool, steps: str | None):

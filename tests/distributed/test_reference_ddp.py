@@ -158,3 +158,9 @@ def test_rank_injections_need_several_processes() -> None:
     result = CliRunner().invoke(main, ["run", "--inject", "rank-straggler", "--steps", "1"])
     assert result.exit_code == 2
     assert "needs 2 or more processes" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="the machine has 2 GPUs")
+def test_more_processes_than_gpus_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["run", "--nproc-per-node", "2", "--device", "cuda"])
+    assert result.exit_code == 2 and "needs one GPU per process" in result.output
