@@ -13,6 +13,7 @@ run (start time + `t_s`), under tag names that `diagnose report OUT` maps back
 | `lr/group0`, `lr/group1`, ... | learning rate per parameter group |
 | `grad_norm/total` | total gradient norm before clipping (`clip_norm`, else `grad_norm`) |
 | `grad_norm/PARAM` | per-parameter gradient norm (grad_norms.arrow) |
+| `weight_norm/PARAM` | per-parameter weight norm on sampled steps (param_norms.arrow) |
 | `amp/loss_scale`, `amp/skipped` | GradScaler scale, 1 on steps it skipped |
 | `memory/allocated_bytes`, `memory/reserved_bytes`, `memory/peak_bytes`, `memory/rss_bytes` | memory |
 | `time/step_s`, `time/data_wait_s`, `perf/samples_per_s`, `perf/tokens_per_s` | speed |
@@ -82,6 +83,9 @@ def scalar_series(tables: RunTables) -> dict[str, pd.Series]:
         values = tables.grad_norms[index].astype("float64")
         bad = nonfinite[index].astype(bool) if index in nonfinite.columns else values.isna() & False
         out[f"grad_norm/{name}"] = values[values.notna() | bad]  # NaN: a non-finite norm; no gradient: left out
+    for index in tables.param_norms.columns:
+        name = str(tables.params.at[index, "name"]) if index in tables.params.index else f"p{index}"
+        out[f"weight_norm/{name}"] = tables.param_norms[index].astype("float64")
     metrics = tables.metrics
     for (phase, name), rows in metrics.groupby([metrics["phase"].astype(str), metrics["name"].astype(str)], sort=False):
         rows = rows[rows["step"].notna()]

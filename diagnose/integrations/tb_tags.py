@@ -11,13 +11,15 @@ evaluation; `test` is left out). The names come from the tools that write the lo
 | Lightning `self.log` | the key as given (`train_loss`), `_step`/`_epoch` suffixes with `on_step` and `on_epoch` |
 | Lightning `LearningRateMonitor` | `lr-AdamW`, `lr-AdamW/pg1`, `lr-AdamW/pg2` (1-based groups), `lr-AdamW-momentum` |
 | Lightning `grad_norm(module, 2)` | `grad_2.0_norm/<param name>`, `grad_2.0_norm_total` |
+| `diagnose export` | `weight_norm/<param name>` as well (weights, for `nonfinite-parameters`) |
 | Lightning `DeviceStatsMonitor` (CUDA) | `...allocated_bytes.all.current`, `...reserved_bytes.all.current`, `...allocated_bytes.all.peak` |
 | Hugging Face Trainer | `train/loss`, `train/learning_rate`, `train/grad_norm`, `train/epoch`, `eval/loss`; `train/train_loss` (one final average) |
 
 When several tags look like the same series (`train/loss` and HF's one-point
 `train/train_loss`), the one with the most values wins and the others are named in a note.
 Anything else is mapped with `--tag-map TAG=FIELD` (FIELDS below); TAG may hold `*`
-wildcards, and `grad_norm:*` takes the layer name from what the first `*` matched.
+wildcards, and `grad_norm:*` (`weight_norm:*`) takes the layer name from what the first
+`*` matched.
 """
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ class Target:
     """Where a tag's values go.
 
     Attributes:
-        field: a FIELDS name (`loss`, `lr`, `layer_grad_norm`, ...) or `ignore`.
+        field: a FIELDS name (`loss`, `lr`, `layer_grad_norm`, `layer_weight_norm`, ...)
+            or `ignore`.
         key: for `lr`, the parameter group (an `int` given with `lr:N`, else a sort key);
-            for `layer_grad_norm`, the layer (parameter) name.
+            for `layer_grad_norm` / `layer_weight_norm`, the layer (parameter) name.
         factor: the values are multiplied by this (MiB -> bytes, ms -> s).
     """
 
@@ -65,6 +68,7 @@ FIELDS = {
     **STEP_FIELDS,
     "lr": "learning rate of parameter group 0 (`lr:N` for group N)",
     "grad_norm:NAME": "gradient L2 norm of one layer/parameter NAME (`grad_norm:*` with a `*` in TAG)",
+    "weight_norm:NAME": "weight L2 norm of one layer/parameter NAME (`weight_norm:*` with a `*` in TAG)",
     "val_loss": "validation loss (an evaluation metric)",
     "epoch_loss": "training loss averaged over an epoch (a train-phase metric)",
     "ignore": "leave this tag out (also stops its automatic detection)",
@@ -80,7 +84,13 @@ _FILLER = {"mean", "avg", "average", "total", "batch", "running", "smoothed", "s
 _LAYER_PREFIX = re.compile(
     r"^(?P<prefix>(?:[^/]*/)?(?:grad|grads|gradient|gradients)[_ .-]?(?:(?:2|2\.0|l2)[_ .-]?)?norms?)/(?P<name>.+)$",
     re.IGNORECASE)
+_WEIGHT_PREFIX = re.compile(
+    r"^(?P<prefix>(?:[^/]*/)?(?:weight|weights|param|params|parameter)[_ .-]?(?:(?:2|2\.0|l2)[_ .-]?)?norms?)/(?P<name>.+)$",
+    re.IGNORECASE)
 _NOT_LAYERS = {"total", "all", "global", "train", "training", "step", "norm", "total_norm"}
+
+
+_LAYER_FIELDS = ("layer_grad_norm", "layer_weight_norm")
 
 
 class TagMapError(ValueError):
@@ -108,6 +118,9 @@ def classify(tag: str) -> Target | None:
     layer = _LAYER_PREFIX.match(base)
     if layer and layer["name"].lower() not in _NOT_LAYERS and not epoch_level:
         return Target("layer_grad_norm", key=layer["name"])
+    weight = _WEIGHT_PREFIX.match(base)
+    if weight and weight["name"].lower() not in _NOT_LAYERS and not epoch_level:
+        return Target("layer_weight_norm", key=weight["name"])
     ws = words(base)
     if not ws or ws[:2] == ["train", "train"] or "flos" in ws:
         return None  # the HF Trainer's one-point summary of the run (train/train_loss, ...)
@@ -192,6 +205,8 @@ def parse_field(text: str) -> Target:
         return Target("lr", key=int(field[3:]))
     if field.startswith("grad_norm:") and field[len("grad_norm:"):]:
         return Target("layer_grad_norm", key=field[len("grad_norm:"):])
+    if field.startswith("weight_norm:") and field[len("weight_norm:"):]:
+        return Target("layer_weight_norm", key=field[len("weight_norm:"):])
     if field in STEP_FIELDS:
         return Target(field)
     m = re.fullmatch(r"(mem_alloc|mem_reserved|mem_peak|rss)_(kib|mib|gib)", field)
@@ -222,17 +237,17 @@ def _explicit(tag: str, tag_map: list[tuple[str, Target]]) -> Target | None:
             return target
         if "*" in pattern or "?" in pattern:
             if fnmatch.fnmatchcase(tag, pattern):
-                if target.field == "layer_grad_norm" and target.key == "*":
+                if target.field in _LAYER_FIELDS and target.key == "*":
                     regex = "^" + re.escape(pattern).replace(r"\*", "(.*)", 1).replace(r"\*", ".*") + "$"
                     m = re.match(regex.replace(r"\?", "."), tag)
-                    return Target("layer_grad_norm", key=(m[1] if m and m.groups() else tag))
+                    return Target(target.field, key=(m[1] if m and m.groups() else tag))
                 return target
     return None
 
 
 def _slot(target: Target) -> tuple:
     """What two tags must not both fill: a field, an LR group, a layer."""
-    return (target.field, target.key) if target.field in ("lr", "layer_grad_norm") else (target.field,)
+    return (target.field, target.key) if target.field in ("lr", *_LAYER_FIELDS) else (target.field,)
 
 
 def resolve(counts: dict[str, int], tag_map: list[tuple[str, Target]] = ()) -> tuple[dict[str, Target], list[str]]:

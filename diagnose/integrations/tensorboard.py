@@ -14,8 +14,9 @@ Tags become series by `tb_tags` (automatic detection, `--tag-map`), then:
   was logged; `scale_after` is the next logged scale (so a fall between two logged
   points reads as one skipped step); `step_time_s`, unless logged, is the wall time
   between two logged points over the steps between them;
-- per-layer gradient norms become `grad_norms` with one parameter per layer tag (name =
-  the tag's layer part; shapes are not known, so shape-based rules leave them out);
+- per-layer gradient norms become `grad_norms`, per-layer weight norms `param_norms`, with
+  one parameter per layer name (the tag's layer part; shapes are not known, so
+  shape-based rules leave them out);
 - validation and epoch-averaged training losses become `metrics` (phase `val` /
   `train`), with the epoch logged at that step when an `epoch` tag exists.
 
@@ -192,18 +193,21 @@ def scalars_to_run(scalars: Scalars, tag_map: list[tuple[str, tb_tags.Target]] =
     epoch_tag = next((t for t, target in mapping.items() if target.field == "epoch"), None)
     epochs = series[epoch_tag].set_index("step")["value"] if epoch_tag else None
     steps = _steps(series, mapping, epochs)
-    params, grad_norms, grad_nonfinite = _layers(series, mapping)
+    layers = _layers(series, mapping)
     tables = RunTables(
         rank=0, path=scalars.path, meta=_meta(scalars, mapping, steps), objects={},
-        params=params, steps=steps, grad_norms=grad_norms, grad_nonfinite=grad_nonfinite,
+        params=layers.params, steps=steps, grad_norms=layers.grad_norms, grad_nonfinite=layers.grad_nonfinite,
+        param_norms=layers.param_norms,
         metrics=_metrics(series, mapping, epochs),
     )
     labels = _labels(mapping)
-    layers = [t for t, target in mapping.items() if target.field == "layer_grad_norm"]
-    used = ", ".join(f"{tag} -> {labels[tag]}" for tag in mapping if tag not in layers)
-    if layers:
-        used += (f"{', ' if used else ''}{len(layers)} per-layer gradient-norm tag(s) -> grad_norm:NAME "
-                 f"({', '.join(layers[:3])}{', ...' if len(layers) > 3 else ''})")
+    per_layer = {"layer_grad_norm": "gradient-norm", "layer_weight_norm": "weight-norm"}
+    used = ", ".join(f"{tag} -> {labels[tag]}" for tag in mapping if mapping[tag].field not in per_layer)
+    for field, what in per_layer.items():
+        tags = [t for t, target in mapping.items() if target.field == field]
+        if tags:
+            used += (f"{', ' if used else ''}{len(tags)} per-layer {what} tag(s) -> {labels[tags[0]].partition(':')[0]}"
+                     f":NAME ({', '.join(tags[:3])}{', ...' if len(tags) > 3 else ''})")
     unused = [t for t in counts if t not in mapping]
     notes.insert(0, f"TensorBoard log: read {used}")
     if unused:
@@ -225,8 +229,8 @@ def _labels(mapping: dict[str, tb_tags.Target]) -> dict[str, str]:
         key = mapping[tag].key
         labels[tag] = f"lr:{key if isinstance(key, int) else group}"
     for tag, target in mapping.items():
-        if target.field == "layer_grad_norm":
-            labels[tag] = f"grad_norm:{target.key}"
+        if target.field in ("layer_grad_norm", "layer_weight_norm"):
+            labels[tag] = f"{target.field[len('layer_'):]}:{target.key}"
         elif tag not in labels:
             labels[tag] = target.field
     return labels
@@ -280,32 +284,54 @@ def _steps(series: dict[str, pd.DataFrame], mapping: dict[str, tb_tags.Target],
     return frame
 
 
-def _layers(series: dict[str, pd.DataFrame], mapping: dict[str, tb_tags.Target]
-            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The parameter table, the per-layer norms and where they were logged non-finite
-    (a step a layer was not logged at is NaN in the norms but not non-finite)."""
-    layer_tags = [t for t, target in mapping.items() if target.field == "layer_grad_norm"]
-    if not layer_tags:
-        empty = pd.DataFrame(index=pd.Index([], dtype="int64", name="step"), dtype=float)
-        return empty_params(), empty, empty.astype(bool)
-    rows = []
-    columns = {}
-    for index, tag in enumerate(layer_tags):  # first-seen order: the order the logger wrote them
-        name = str(mapping[tag].key)
-        rows.append({"index": index, "name": name, "shape": None, "numel": pd.NA, "dtype": None,
-                     "module": name.rpartition(".")[0], "module_type": "", "requires_grad": True,
-                     "optimizer": pd.NA, "group": pd.NA, "backward_rank": pd.NA})
-        columns[index] = series[tag].set_index("step")["value"]
+@dataclass(frozen=True)
+class _Layers:
+    """What per-layer tags give: the parameter table and the per-parameter tables."""
+
+    params: pd.DataFrame
+    grad_norms: pd.DataFrame
+    grad_nonfinite: pd.DataFrame
+    param_norms: pd.DataFrame
+
+
+def _empty_series() -> pd.DataFrame:
+    return pd.DataFrame(index=pd.Index([], dtype="int64", name="step"), dtype=float)
+
+
+def _layers(series: dict[str, pd.DataFrame], mapping: dict[str, tb_tags.Target]) -> _Layers:
+    """One parameter per layer name, in first-seen order (the order the logger wrote
+    them), shared by its gradient-norm and weight-norm tags. A step a layer was not
+    logged at is NaN in the norms, but not non-finite."""
+    names: dict[str, int] = {}
+    grads: dict[int, pd.Series] = {}
+    weights: dict[int, pd.Series] = {}
+    for tag, target in mapping.items():
+        if target.field not in ("layer_grad_norm", "layer_weight_norm"):
+            continue
+        index = names.setdefault(str(target.key), len(names))
+        (grads if target.field == "layer_grad_norm" else weights)[index] = series[tag].set_index("step")["value"]
+    if not names:
+        return _Layers(empty_params(), _empty_series(), _empty_series().astype(bool), _empty_series())
+    rows = [{"index": index, "name": name, "shape": None, "numel": pd.NA, "dtype": None,
+             "module": name.rpartition(".")[0], "module_type": "", "requires_grad": True,
+             "optimizer": pd.NA, "group": pd.NA, "backward_rank": pd.NA} for name, index in names.items()]
     params = pd.DataFrame(rows).set_index("index")
     for column in ("numel", "optimizer", "group", "backward_rank"):
         params[column] = params[column].astype("Int64")
-    norms = pd.DataFrame(columns).sort_index().astype("float64")
-    norms.index = norms.index.astype("int64")
-    norms.index.name = "step"
+    grad_norms = _table(grads)
     bad = pd.DataFrame({i: pd.Series(~np.isfinite(c.to_numpy(dtype="float64")), index=c.index)
-                        for i, c in columns.items()})
-    bad = bad.reindex(norms.index).fillna(False).astype(bool)
-    return params, norms, bad
+                        for i, c in grads.items()})
+    bad = bad.reindex(grad_norms.index).fillna(False).astype(bool) if grads else grad_norms.astype(bool)
+    return _Layers(params, grad_norms, bad, _table(weights))
+
+
+def _table(columns: dict[int, pd.Series]) -> pd.DataFrame:
+    if not columns:
+        return _empty_series()
+    table = pd.DataFrame(columns).sort_index().astype("float64")
+    table.index = table.index.astype("int64")
+    table.index.name = "step"
+    return table
 
 
 def _metrics(series: dict[str, pd.DataFrame], mapping: dict[str, tb_tags.Target],

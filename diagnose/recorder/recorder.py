@@ -16,7 +16,6 @@ import shutil
 import sys
 import time
 import traceback
-import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +119,7 @@ class Recorder:
         self._frozen = False
         self._defer_params = defer_params
         self._broken = False
+        self._fault_message: str | None = None
         self._closed = False
         self._t0 = time.perf_counter()
         self._wall0 = time.time()
@@ -364,9 +364,9 @@ class Recorder:
     def _fault(self, exc: BaseException) -> None:
         self._broken = True
         message = f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"diagnose: the recorder failed and switched itself off ({message}); "
-                      "training continues, the record is incomplete", RuntimeWarning,
-                      stacklevel=3)
+        self._fault_message = self._fault_message or message
+        self.writer.warn_once(f"diagnose: the recorder failed and switched itself off ({message}); "
+                              "training continues, the record is incomplete")  # one per run
         self.writer.line(schema.EVENTS_FILE, {
             "kind": "recorder_error", "step": self.step, "t_s": self._now(),
             "message": message, "traceback": traceback.format_exc(limit=8)})
@@ -744,8 +744,8 @@ class Recorder:
                   "steps": self.step + (1 if self._stepped else 0)}
         if error:
             record["error"] = error
-        if self.writer.failed:
-            record["incomplete"] = self.writer.failed
+        if self.writer.failed or self._fault_message:
+            record["incomplete"] = self.writer.failed or self._fault_message
         self.writer.line(schema.META_FILE, record)
         self.writer.close()
 

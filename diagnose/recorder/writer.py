@@ -10,7 +10,9 @@ lines (a handful per run) wake the thread at once, so the pid is on disk early.
 
 Any I/O failure (disk full, directory removed, permissions) switches the writer
 off with one warning: the user's training goes on, and the status records say the
-record is incomplete.
+record is incomplete. So that they can still be written on a full disk, the writer
+keeps `RESERVE_BYTES` in a hidden file from the start and frees them when it fails (a
+real full disk tested on a tiny tmpfs: tests/reliability/test_disk_full.py).
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ from typing import Any
 import numpy as np
 
 from diagnose.rundir import schema
+
+RESERVE_FILE = ".diagnose-reserve"
+RESERVE_BYTES = 16 * 1024
+"""Room kept for meta.jsonl's last lines (the `incomplete` and final `status` records,
+~300 bytes each) on a disk that fills up during the run; removed when the writer closes."""
 
 _STOP = object()
 _FLUSH = object()
@@ -82,6 +89,8 @@ class RunWriter:
         self.arrow_chunk_rows = arrow_chunk_rows
         self.arrow_interval_s = arrow_interval_s
         self.failed: str | None = None
+        self._warned = False
+        self._warn_lock = threading.Lock()
         self._pending: deque = deque()
         self._wake = threading.Event()
         self._files: dict[str, Any] = {}
@@ -91,14 +100,17 @@ class RunWriter:
         self._thread = threading.Thread(target=self._loop, name="diagnose-writer", daemon=True)
         try:
             self.rank_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.rank_dir / RESERVE_FILE, "wb") as reserve:
+                reserve.write(bytes(RESERVE_BYTES))
         except OSError as exc:
             self._fail(exc)
         self._thread.start()
 
     # ---- called from the training thread -------------------------------------------
     def line(self, file_name: str, record: dict) -> None:
-        """Queue one JSON line for `file_name` (meta, params, steps or events)."""
-        if self.failed is None:
+        """Queue one JSON line for `file_name` (meta, params, steps or events). After a
+        failure only meta.jsonl lines are still tried (the final status)."""
+        if self.failed is None or file_name == schema.META_FILE:
             self._pending.append((file_name, record))
             if file_name == schema.META_FILE:
                 self._wake.set()
@@ -142,6 +154,8 @@ class RunWriter:
                     payload.set()
                     continue
                 if self.failed is not None:
+                    if kind == schema.META_FILE:
+                        self._append_meta(payload)  # the final status, best effort
                     continue
                 try:
                     if isinstance(payload, tuple):
@@ -218,23 +232,44 @@ class RunWriter:
                 handle.close()
             except Exception:  # noqa: BLE001
                 pass
+        self._free_reserve()
+
+    def warn_once(self, message: str) -> None:
+        """Warn that the record is incomplete: once per run, whoever notices first (the
+        writer on an I/O error, the recorder on a fault of its own)."""
+        with self._warn_lock:
+            if self._warned:
+                return
+            self._warned = True
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _fail(self, exc: BaseException) -> None:
         if self.failed is None:
             self.failed = f"{type(exc).__name__}: {exc}"
-            warnings.warn(
-                f"diagnose: could not write the run directory {self.rank_dir} ({self.failed}); "
-                "training continues, the record is incomplete",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            # Best effort: leave a trace that the record is incomplete.
+            self.warn_once(f"diagnose: could not write the run directory {self.rank_dir} ({self.failed}); "
+                           "training continues, the record is incomplete")
+            self._free_reserve()  # room for the lines below on a full disk
+            self._append_meta({"type": "incomplete", "error": self.failed, "at": time.time()})
+
+    def _free_reserve(self) -> None:
+        try:
+            (self.rank_dir / RESERVE_FILE).unlink()
+        except OSError:
+            pass
+
+    def _append_meta(self, record: dict) -> None:
+        """Append one meta.jsonl line outside the buffered handles (best effort)."""
+        handle = self._files.pop(schema.META_FILE, None)
+        if handle is not None:  # what it buffered goes first, or is dropped
             try:
-                with open(self.rank_dir / schema.META_FILE, "a", encoding="utf-8") as meta:
-                    meta.write(dumps({"type": "incomplete", "error": self.failed,
-                                      "at": time.time()}) + "\n")
+                handle.close()
             except Exception:  # noqa: BLE001
                 pass
+        try:
+            with open(self.rank_dir / schema.META_FILE, "a", encoding="utf-8") as meta:
+                meta.write(dumps(record) + "\n")
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def pid_is_alive(pid: int) -> bool:

@@ -129,7 +129,7 @@ def read_rank(rank_dir: Path, rank: int, notes: list[str]) -> RunTables:
     others, tokens = read(schema.EVENTS_FILE, lambda p, label: _events_file(p, label, notes), ([], None))
     no_norms = NormTables(empty_series(), empty_series().astype(bool))
     grads = read(schema.GRAD_NORMS_FILE, lambda p, label: read_norms(p, label, notes, no_grad_sentinel=True), no_norms)
-    return RunTables(
+    tables = RunTables(
         rank=rank,
         path=rank_dir,
         meta=meta,
@@ -149,6 +149,14 @@ def read_rank(rank_dir: Path, rank: int, notes: list[str]) -> RunTables:
         rnn_calls=rnn_calls_table(others),
         profile=read_profile(rank_dir, meta, notes),
     )
+    incomplete = _incomplete(meta_records, meta, others)
+    if incomplete:  # first among the notes: every figure of the report is short of the truth
+        recorded = f"; steps.jsonl holds {len(tables.steps)} step(s)"
+        if isinstance(meta.get("steps"), int):
+            recorded += f" of the {meta['steps']} the run made"
+        meta["incomplete"] = incomplete
+        notes.insert(0, f"{rank_dir.name}: the record is incomplete: {incomplete}{recorded}")
+    return tables
 
 
 def _events_file(path: Path, label: str, notes: list[str]) -> tuple[list[dict[str, Any]], CallTokens]:
@@ -196,6 +204,24 @@ def _meta(records: list[dict[str, Any]], label: str, notes: list[str]) -> dict[s
         meta["status"] = schema.STATUS_CRASHED
         notes.append(f"{label}: status is 'running' but process {meta.get('pid')} is gone; reading it as crashed")
     return meta
+
+
+def _incomplete(records: list[dict[str, Any]], meta: dict[str, Any], events: list[dict[str, Any]]) -> str | None:
+    """Why the recorder stopped recording before the run ended, or None: the writer could
+    not write (an `incomplete` meta record or the final status's `incomplete`: a full disk,
+    a removed directory) or the recorder failed and switched itself off (`recorder_error`)."""
+    fault = next((e for e in events if e.get("kind") == "recorder_error"), None)
+    if fault is not None:
+        step = fault.get("step")
+        at = f" at step {step}" if isinstance(step, int) and not isinstance(step, bool) else ""
+        return f"the recorder failed{at} and switched itself off ({str(fault.get('message'))[:300]}); " \
+               "nothing after that was recorded"
+    marker = next((r for r in records if r.get("type") == "incomplete"), None)
+    reason = marker.get("error") if marker is not None else meta.get("incomplete")
+    if marker is None and not reason:
+        return None
+    return f"the recorder could not write the run directory ({str(reason)[:300]}); " \
+           "records after that point are missing"
 
 
 def _process_gone(meta: dict[str, Any]) -> bool:

@@ -22,9 +22,9 @@ from tests.harness.scenarios import HEALTHY, record
 
 pytest.importorskip("tensorboard")
 
-SERIES_RULES = {"nonfinite-loss", "nonfinite-gradients", "loss-scale-collapse", "gradient-explosion",
-                "gradient-spike", "dead-units", "loss-divergence", "loss-plateau", "overfitting"}
-"""Rules whose inputs the export carries (not: call order, weight norms, parameter shapes)."""
+SERIES_RULES = {"nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters", "loss-scale-collapse",
+                "gradient-explosion", "gradient-spike", "dead-units", "loss-divergence", "loss-plateau", "overfitting"}
+"""Rules whose inputs the export carries (not: call order, events, parameter shapes)."""
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +49,7 @@ def _series_findings(path: Path) -> set[tuple[str, tuple | None]]:
 
 @pytest.mark.parametrize("fault", [
     "label_drift", "rnn_explosion_clipped", "sgd_lr_too_high", "corrupt_batches", "overflow_from_midrun",
-    "tiny_lr_plain", "small_data_big_mlp", "nan_loss_reference", "dead_relu_layer",
+    "tiny_lr_plain", "small_data_big_mlp", "nan_loss_reference", "nan_weight_adam", "dead_relu_layer",
 ])
 def test_round_trip_finds_the_same_loss_and_gradient_problems(tmp_path: Path, fault: str) -> None:
     run = record_fault(fault, tmp_path / "run")
@@ -80,14 +80,17 @@ def test_every_series_is_written(tmp_path: Path) -> None:
         "loss", "lr:0", "lr:1", "grad_norm", "scale", "rss_bytes", "step_time_s", "data_wait_s",
         "samples_per_s", "epoch", "val_loss"}
     assert tags["grad_norm/layers.1.bias"] == "grad_norm:layers.1.bias"
+    assert tags["weight_norm/layers.1.bias"] == "weight_norm:layers.1.bias"
+    assert list(back.first.param_norms.index) == [0, 10, 20, 30]  # param_every=10
     steps = back.first.steps
     original = analyse(run).run.first.steps
     assert list(steps.index) == list(original.index)
     assert steps["loss"].to_numpy() == pytest.approx(original["loss"].to_numpy(), rel=1e-6)
     assert steps["step_time_s"].to_numpy() == pytest.approx(original["step_time_s"].to_numpy(), rel=1e-5)
     # 12 step series (loss, 2 LRs, total norm, scale, skipped, RSS, step time, data wait, samples/s,
-    # tokens/s, epoch), 4 parameters' norms, 2 metrics (val_loss, val_acc) at 4 evaluations
-    assert count == 40 * 12 + 40 * 4 + 4 * 2
+    # tokens/s, epoch), 4 parameters' gradient norms and (every 10 steps) weight norms, 2 metrics
+    # (val_loss, val_acc) at 4 evaluations
+    assert count == 40 * 12 + 40 * 4 + 4 * 4 + 4 * 2
     assert back.first.metrics["value"].notna().all()
 
 
@@ -114,3 +117,12 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) ->
     result = CliRunner().invoke(main, ["export", *[str(tmp_path / a) if a in ("run", "missing-run", "tb") else a
                                                    for a in args]])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_several_ranks_become_one_tensorboard_run_each(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", steps=30, params=2, ranks=2)
+    folders, _ = export_tensorboard(run, tmp_path / "tb")
+    assert folders == [tmp_path / "tb" / "rank0", tmp_path / "tb" / "rank1"]
+    result = invoke("report", tmp_path / "tb")
+    assert result.exit_code == 2 and "holds 2 TensorBoard runs (rank0, rank1)" in result.stderr
+    assert invoke("report", tmp_path / "tb" / "rank1").exit_code == 0
