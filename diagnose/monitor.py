@@ -109,7 +109,7 @@ class Monitor:
             except StopIteration:
                 return
             self.recorder.data_wait(clock() - start)
-            self.recorder._safe(self.recorder.contracts.on_batch, iterable)  # its batch_size
+            self.recorder._safe(self.recorder.contracts.guarded, "on_batch", iterable)  # its batch_size
             if self._phase == schema.DEFAULT_PHASE:
                 self.recorder._safe(self.recorder.on_batch, batch)
             yield batch

@@ -33,6 +33,7 @@ recorded as `packed: true` without a shape and never judged.
 from __future__ import annotations
 
 import types
+import warnings
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -93,6 +94,7 @@ class ContractWatcher:
         self._loader_batch: tuple[int, int] | None = None  # (step, batch_size)
         self._rnn_ids: dict[int, int] = {}
         self._rnn_names: dict[int, str] = {}
+        self._off = False
 
     def _pending_step(self) -> int:
         """The step a call made now belongs to (the next one once an optimizer step ran)."""
@@ -107,7 +109,23 @@ class ContractWatcher:
         self._counts[kind] = count + 1
         return True
 
-    # ---- entry points (through Recorder._safe) -----------------------------------------
+    # ---- entry points (through Recorder._safe, then guarded) --------------------------
+    def guarded(self, method: str, *args: Any) -> None:
+        """Run entry point `method`. A fault here switches off this watcher only (one
+        `recorder_error` event with `part: "contracts"`, one warning): the other records
+        and the training go on."""
+        if self._off:
+            return
+        try:
+            getattr(self, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - optional records, never the training
+            self._off = True
+            self._inflight.clear()
+            message = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"diagnose: loss/RNN call recording failed and was switched off ({message}); "
+                          "the rest of the record goes on", RuntimeWarning, stacklevel=4)
+            self.rec.event("recorder_error", part="contracts", message=message)
+
     def on_batch(self, loader: Any) -> None:
         """A training batch came from `loader` (a DataLoader or its iterator): note its
         configured batch size for this step. Reads no tensor."""
@@ -167,7 +185,7 @@ class ContractWatcher:
 
     def close(self) -> None:
         """Write what is still in flight (waits for the copies)."""
-        self._drain(block=True)
+        self.guarded("_drain", True)
 
     # ---- helpers ------------------------------------------------------------------------
     def _rnn_name(self, module: torch.nn.Module) -> str:
@@ -207,7 +225,7 @@ def _each_watcher(method: str, *args: Any) -> None:
     for listener in list(hooks._listeners):
         watcher = getattr(listener, "contracts", None)
         if watcher is not None:
-            listener._safe(getattr(watcher, method), *args)
+            listener._safe(watcher.guarded, method, *args)
 
 
 def _with_globals(wrapper: Callable, original: Callable) -> Callable:
@@ -226,7 +244,7 @@ def _wrap_loss(name: str) -> Callable[[Callable], Callable]:
 
         def loss(*args, **kwargs):
             result = original(*args, **kwargs)
-            if listeners and not compiling():
+            if not compiling() and listeners:
                 each("on_loss", name, args, kwargs)
             return result
 
@@ -239,7 +257,7 @@ def _wrap_rnn_forward(original: Callable) -> Callable:
     listeners, compiling, each = hooks._listeners, hooks._is_compiling, _each_watcher
 
     def forward(self, *args, **kwargs):
-        if listeners and not compiling():
+        if not compiling() and listeners:
             each("on_rnn", self, args, kwargs)
         return original(self, *args, **kwargs)
 

@@ -380,7 +380,7 @@ class Session:
     def on_batch_wait(self, iterator, seconds: float) -> None:
         try:
             self.rec.data_wait(seconds)
-            self.rec._safe(self.rec.contracts.on_batch, iterator)  # its batch_size
+            self.rec._safe(self.rec.contracts.guarded, "on_batch", iterator)  # its batch_size
             self._last_loader = getattr(iterator, loaders.LOADER_ATTR, None)
         except Exception as exc:  # noqa: BLE001 - runs in the iterator's finally
             self.fault(exc)
