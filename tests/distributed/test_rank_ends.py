@@ -79,3 +79,11 @@ def test_a_crash_while_others_finish(tmp_path: Path) -> None:
     [finding] = rank_desync.check(run)
     assert finding.title == "Rank 1 crashed while other ranks finished (after step 19): RuntimeError: boom"
     assert finding.evidence["dead_ranks"] == [1]
+
+
+def test_a_crash_while_the_others_still_run(tmp_path: Path) -> None:
+    run = _run(tmp_path, (None,), ("crashed", "RuntimeError: boom"))   # rank 0: this process, alive
+    assert run.ranks[0].meta["status"] == "running"
+    [finding] = rank_desync.check(run)
+    assert finding.title == ("Rank 1 crashed (after step 19) while the other ranks are still running: "
+                             "RuntimeError: boom")

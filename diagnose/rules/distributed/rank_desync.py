@@ -86,8 +86,10 @@ def _status(run: Run) -> list[Finding]:
         at = f"after step {last}" if last is not None else "before recording a step"
     if "finished" in status.values():
         title = f"Rank {first.rank} {how} while other ranks finished ({at})"
+    elif all(e.status == "running" for e in ends if e.rank != first.rank):
+        title = f"Rank {first.rank} {how} ({at}) while the other ranks are still running"
     else:
-        others = sorted({e.status for e in ends if e.rank != first.rank})
+        others = sorted({e.status for e in ends if e.rank != first.rank} - {"running"})
         title = f"Rank {first.rank} {how} first ({at}); then the other ranks {' or '.join(others)}"
     title += f": {error.splitlines()[0][:200]}" if error else ""
     starts = [t.meta.get("started_at") for t in run.ranks.values()
