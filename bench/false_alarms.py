@@ -154,7 +154,8 @@ def fault_runs(reference: bool) -> list[tuple[Result, Callable[[Path], Any]]]:
             if inj.min_ranks > 1:  # needs torchrun; tests/distributed/test_reference_ddp.py
                 continue
             jobs.append((Result("fault", "reference", f"--inject {inj.name}", 0, expected=inj.triggers),
-                         _reference_train({"inject": [inj.name], "seed": 0})))
+                         _reference_train({"inject": [inj.name], "seed": 0,  # its task when not the default
+                                           **({} if "images" in inj.tasks else {"task": inj.tasks[0]})})))
     for path in sorted((ROOT / "tests" / "harness").glob("faults_*.py")):
         module = importlib.import_module(f"tests.harness.{path.stem}")
         record_fault = getattr(module, "record_fault", None)
