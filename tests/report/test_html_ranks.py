@@ -2,13 +2,17 @@
 runs: the ranks side by side, the rank that stopped first, and the header's status."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+
+import pytest
 
 from diagnose.report import analyse
 from diagnose.report.html import render_html
 from diagnose.rundir.synthetic import write_synthetic_run
 from tests.distributed.test_rank_ends import _end
+from tests.report.test_html_browser import DevTools, browser, chromium  # noqa: F401 - fixtures
 
 
 def _html(path: Path) -> str:
@@ -47,3 +51,20 @@ def test_crashed_rank_is_named_in_header_and_table(tmp_path: Path) -> None:
 def test_single_rank_has_no_ranks_section(tmp_path: Path) -> None:
     html = _html(write_synthetic_run(tmp_path / "run", steps=10, params=2))
     assert 'id="ranks"' not in html and "#ranks" not in html
+
+
+@pytest.mark.browser
+def test_ranks_view_in_a_browser(browser: DevTools, tmp_path: Path) -> None:  # noqa: F811
+    root = write_synthetic_run(tmp_path / "run", steps=30, params=2, ranks=2, amp=True)
+    _end(root / "rank1", "crashed", "ValueError: bad batch", 4.0)
+    page = tmp_path / "report.html"
+    page.write_text(_html(root), encoding="utf-8")
+    browser.load(page)
+    state = json.loads(browser.evaluate("""JSON.stringify({
+      rows: document.querySelectorAll('#ranks tbody tr').length,
+      image: (i => ({complete: i.complete, width: i.naturalWidth, shown: i.getBoundingClientRect().width}))(
+        document.querySelector('#fig-ranks img')),
+      text: document.querySelector('#ranks').innerText})"""))
+    assert browser.problems() == []                    # no CSP violation, no request, no console output
+    assert state["rows"] == 2 and "Rank 1 stopped first" in state["text"]
+    assert state["image"]["complete"] and state["image"]["width"] > 0 and state["image"]["shown"] > 300
