@@ -1,5 +1,6 @@
 """The fault injections: a complete registry, each runs, each breaks what it says."""
 
+import dataclasses
 import math
 import pathlib
 import warnings
@@ -218,6 +219,31 @@ def test_softmax_before_cross_entropy_feeds_probabilities(tmp_path, tiny, monkey
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda x, *a, **k: (rows.append(x.detach().sum(-1)), ce(x, *a, **k))[1])
     _run(tmp_path, tiny, "softmax-before-cross-entropy")
     assert rows and all(torch.allclose(r, torch.ones_like(r), atol=1e-5) for r in rows)
+
+
+def test_loss_shape_broadcast_adds_an_n1_against_n_mse(tmp_path, tiny, monkeypatch):
+    shapes = []
+    mse = torch.nn.functional.mse_loss
+    monkeypatch.setattr(torch.nn.functional, "mse_loss",
+                        lambda a, b, *r, **k: (shapes.append((tuple(a.shape), tuple(b.shape))), mse(a, b, *r, **k))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's target-size warning: that is the point
+        r = _run(tmp_path, tiny, "loss-shape-broadcast")
+    assert shapes and set(shapes) == {((32, 1), (32,))} and r.steps > 0
+
+
+def test_rnn_batch_first_mismatch_feeds_the_lstm_batch_major(tmp_path, tiny, built, monkeypatch):
+    from reference_loop.model import CharLSTM
+
+    cfg = tiny(task="chars", inject=["rnn-batch-first-mismatch"], block_size=64, batch_size=64)
+    assert cfg.block_size == 32  # seq_len == batch size would hide the layout: halved
+    inputs = []
+    forward = torch.nn.LSTM.forward
+    monkeypatch.setattr(torch.nn.LSTM, "forward", lambda self, x, *a: (inputs.append(tuple(x.shape)), forward(self, x, *a))[1])
+    loop.train(dataclasses.replace(cfg, epochs=1), tmp_path, progress=False)
+    model = built["b"].model
+    assert isinstance(model, CharLSTM) and model.batch_major and not model.rnn.batch_first
+    assert inputs and all(shape[:2] == (64, 32) for shape in inputs[:3])   # (batch, seq, emb) into (seq, batch, ...)
 
 
 def test_gradient_explosion_grows_the_gradient_norm(tmp_path, tiny, monkeypatch):
