@@ -6,6 +6,7 @@
      "findings": [{"rule", "severity", "title", "steps": [first, last] | null,
                    "evidence": {...}, "explanation", "fix", "rank"}],
      "notes": ["..."],
+     "ranks": [{"rank", "status", "error", "killed", "steps", "last_step", "ended_s"}],  # 2+ ranks
      "profile": {"0": {...}}}   # only when profiled: per rank, diagnose.profiling.summary.ProfileSummary
 
 Always valid JSON: NaN and Inf (which JSON cannot hold) are written as the strings
@@ -63,7 +64,24 @@ def report_document(report: Report) -> dict[str, Any]:
         "findings": [f.to_dict() for f in report.findings],
         "notes": list(report.notes),
         **({"profile": profile} if (profile := profile_section.json_data(report)) else {}),
+        **({"ranks": _ranks(report)} if report.run.world_size > 1 else {}),
     })
+
+
+def _ranks(report: Report) -> list[dict[str, Any]]:
+    """How each rank ended (several ranks only): status, error, whether it was killed (no
+    end record), steps recorded, its last step, and when it ended (seconds since the
+    earliest rank started; a killed rank: its last record, up to ~1 s early)."""
+    from diagnose.rundir.ranks import rank_ends
+
+    run = report.run
+    starts = [t.meta.get("started_at") for t in run.ranks.values()
+              if isinstance(t.meta.get("started_at"), (int, float))]
+    start = min(starts) if starts else None
+    return [{"rank": e.rank, "status": e.status, "error": e.error, "killed": e.killed, "steps": e.steps,
+             "last_step": e.last_step,
+             "ended_s": round(e.end_at - start, 3) if e.end_at is not None and start is not None else None}
+            for e in rank_ends(run)]
 
 
 def render(report: Report, stream: TextIO) -> None:

@@ -87,3 +87,16 @@ def test_a_crash_while_the_others_still_run(tmp_path: Path) -> None:
     [finding] = rank_desync.check(run)
     assert finding.title == ("Rank 1 crashed (after step 19) while the other ranks are still running: "
                              "RuntimeError: boom")
+
+
+def test_json_report_lists_how_each_rank_ended(tmp_path: Path, dead_pid: int) -> None:
+    from diagnose.report import analyse
+    from diagnose.report.json_report import report_document
+
+    _run(tmp_path, ("interrupted", "SIGTERM", 6.0), (None,), pid=dead_pid)
+    document = report_document(analyse(tmp_path / "run"))
+    assert document["run"]["status_rank"] == 1
+    ranks = {r["rank"]: r for r in document["ranks"]}
+    assert (ranks[1]["status"], ranks[1]["killed"], ranks[1]["last_step"]) == ("crashed", True, 19)
+    assert (ranks[0]["status"], ranks[0]["error"], ranks[0]["ended_s"]) == ("interrupted", "SIGTERM", 6.0)
+    assert ranks[1]["ended_s"] < ranks[0]["ended_s"]
