@@ -50,8 +50,8 @@ sequence-major data (`(seq, batch, ...)`, e.g. from `pad_sequence` or a transpos
 Shapes alone cannot tell two layouts apart when one reading makes the time axis exactly
 the batch size: an RNN run over a folded batch (`(batch * k, T, f)` into `batch_first=True`,
 words of each sentence, say) whose length T equals the batch size looks like
-sequence-major input, and is flagged. Pass `batch_first` to match, or pad to another
-length. Without a DataLoader and without a per-sample class loss (a language model over
+sequence-major input, and is flagged (a false alarm: `--ignore rnn-batch-first-mismatch`
+there). Without a DataLoader and without a per-sample class loss (a language model over
 a stream batchified by hand), no batch size is known and nothing is judged.
 """
 from __future__ import annotations
