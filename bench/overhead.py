@@ -184,7 +184,8 @@ def variant_context(name: str, setup: Setup, opt, sched, scaler, tmp: Path) -> I
         yield per_param
     elif name == "grad-histograms":
         def histogram(grad):
-            torch.histc(grad.detach().float(), bins=64).cpu()  # returns None: grad unchanged
+            g = grad.detach().float()  # fp16 GradScaler steps can hold inf: wandb drops those
+            torch.histc(g[torch.isfinite(g)], bins=64).cpu()  # returns None: grad unchanged
 
         handles = [p.register_hook(histogram) for p in model.parameters() if p.requires_grad]
         try:
