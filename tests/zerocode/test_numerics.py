@@ -21,6 +21,7 @@ TWIN = REPO / "tests" / "zerocode" / "_twin.py"
     "healthy_gru_plateau.py",               # DataLoader shuffling, ReduceLROnPlateau
     "healthy_cnn_batchnorm_workers.py",     # worker processes seeded from the global RNG
     "train_mode_not_restored.py",           # BatchNorm statistics, mode changes
+    "healthy_lstm_seq_major_nll.py",        # loss and LSTM calls watched, statistics on sampled steps
 ])
 def test_bit_identical_with_and_without_recorder(name, tmp_path):
     proc = subprocess.run([sys.executable, str(TWIN), str(SCRIPTS / name), str(tmp_path / "run")],
