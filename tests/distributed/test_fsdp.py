@@ -1,6 +1,7 @@
 """FSDP2 (`fully_shard`) on 2 gloo/CPU ranks: the recorder takes local shard norms (no
 collective of its own), the reader puts the global norms back together, and they match
-the true global norms the script computed with `full_tensor()` (a collective).
+the true global norms the script computed with `full_tensor()` (a collective). Two loops:
+fsdp_script.py with `Monitor`, and fsdp_plain.py in the zero-code mode, launched at once.
 """
 from __future__ import annotations
 
@@ -21,19 +22,33 @@ SCRIPT = Path(__file__).with_name("fsdp_script.py")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     try:
         from torch.distributed.fsdp import fully_shard  # noqa: F401
     except ImportError:
         pytest.importorskip("torch.distributed._composable.fsdp")
-    out = tmp_path_factory.mktemp("fsdp") / "run"
+    base = tmp_path_factory.mktemp("fsdp")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-                           str(SCRIPT), str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "recorder failed" not in proc.stderr, proc.stderr[-3000:]
-    return out
+    commands = {
+        "monitor": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                    str(SCRIPT), str(base / "monitor")],
+        "zerocode": [sys.executable, "-m", "diagnose.cli", "run", "--nproc-per-node", "2", "--no-report",
+                     "--out", str(base / "zerocode"), str(SCRIPT.with_name("fsdp_plain.py")), "--",
+                     str(base / "zerocode-truth.json")],
+    }
+    procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, cmd in commands.items()}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, f"{name}: {out[-2000:]}{err[-3000:]}"
+        assert "recorder failed" not in err, err[-3000:]
+    return {name: base / name for name in commands}
+
+
+@pytest.fixture(scope="module")
+def run_dir(runs: dict[str, Path]) -> Path:
+    return runs["monitor"]
 
 
 def test_sharded_parameters_are_described(run_dir: Path) -> None:
@@ -67,4 +82,15 @@ def test_one_rank_alone_keeps_its_local_norms(run_dir: Path) -> None:
 
 def test_healthy_fsdp_run_is_silent(run_dir: Path) -> None:
     findings, _ = run_rules(read_run(run_dir))
+    assert [f.title for f in findings if f.severity >= 2] == []
+
+
+def test_zero_code_mode_puts_fsdp_norms_together_too(runs: dict[str, Path]) -> None:
+    root = runs["zerocode"]
+    truth = json.loads(root.with_name("zerocode-truth.json").read_text())
+    run = read_run(root)
+    for tables in run.ranks.values():
+        assert tables.params["shards"].tolist() == [2, 2, 2, 2]
+        np.testing.assert_allclose(tables.grad_norms.to_numpy(), truth, rtol=1e-5)
+    findings, _ = run_rules(run)
     assert [f.title for f in findings if f.severity >= 2] == []
