@@ -90,10 +90,21 @@ class InputChecks:
         self._device: list[tuple[Any, list[str], torch.Tensor]] = []
         """(key, paths, [min0, max0, min1, max1, ...] float32 on the device)."""
         self.batches = 0
+        self.failed: str | None = None
+        """Why the checks stopped (set once, on the first failure)."""
+
+    def add(self, batch: Any, key: Any = None) -> None:
+        """Check one training batch; `key` names its loader (see `keep_only`). A failure
+        (an unusual tensor subclass) switches the checks off, not the recorder."""
+        if self.failed is not None:
+            return
+        try:
+            self._add(batch, key)
+        except Exception as exc:  # noqa: BLE001 - the checks are optional, the record is not
+            self.failed = f"{type(exc).__name__}: {exc}"[:500]
 
     @torch.no_grad()
-    def add(self, batch: Any, key: Any = None) -> None:
-        """Check one training batch; `key` names its loader (see `keep_only`)."""
+    def _add(self, batch: Any, key: Any) -> None:
         found = float_tensors(batch)
         if not found:
             return

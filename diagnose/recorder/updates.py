@@ -7,7 +7,8 @@ now from the copy in place and takes the norms (`after`): one float32 vector on 
 device, copied to the host with the step's other values, a step later. Together with
 the weight norms of the same step (param_norms.arrow) it gives ‖Δw‖/‖w‖.
 
-Cost: on sampled steps only, one fused copy of the weights (`torch._foreach_mul`), one
+Cost: on sampled steps only, one copy of the weights (fused `torch._foreach_mul` on an
+accelerator, `clone` per tensor on the CPU, which is faster there), one
 fused in-place subtraction and one `_foreach_norm`; the copy lives from the optimizer step
 to the step's end. Other steps cost nothing. Nothing here reads a device value.
 
@@ -62,27 +63,49 @@ class UpdateSampler:
                             f"({total / 2**30:.1f} GiB): update norms are not recorded")
         return self.refused is None
 
-    @torch.no_grad()
     def before(self, params: list[torch.Tensor]) -> None:
-        """Copy the trainable weights (call just before the optimizer step)."""
+        """Copy the trainable weights (call just before the optimizer step). A failure
+        (an unusual parameter type) switches update norms off, not the recorder."""
         self._copy = None
+        if self.refused is not None:
+            return
+        try:
+            self._before(params)
+        except Exception as exc:  # noqa: BLE001 - update norms are optional, the record is not
+            self._copy = None
+            self.refused = f"update norms switched off: {type(exc).__name__}: {exc}"[:500]
+
+    @torch.no_grad()
+    def _before(self, params: list[torch.Tensor]) -> None:
         index = [i for i, p in enumerate(params)
                  if p.requires_grad and p.layout == torch.strided and p.numel() > 0]
         if not index or not self._allowed(params, index):
             return
         weights = [params[i].detach() for i in index]
+        if weights[0].device.type == "cpu":  # no kernel launches to save: a plain copy is faster
+            self._copy = [w.clone() for w in weights]
+            self._index = index
+            return
         try:
-            self._copy = list(torch._foreach_mul(weights, 1.0))
+            self._copy = list(torch._foreach_mul(weights, 1.0))  # one fused launch per dtype
         except (RuntimeError, TypeError):  # mixed devices or dtypes the fused op refuses
             self._copy = [w.clone() for w in weights]
         self._index = index
 
-    @torch.no_grad()
     def after(self, params: list[torch.Tensor]) -> tuple[list[int], torch.Tensor] | None:
         """(positions, ‖w_before - w_now‖ per position) on the device; frees the copy."""
         if self._copy is None:
             return None
         copy, index, self._copy = self._copy, self._index, None
+        try:
+            return self._after(params, copy, index)
+        except Exception as exc:  # noqa: BLE001
+            self.refused = f"update norms switched off: {type(exc).__name__}: {exc}"[:500]
+            return None
+
+    @torch.no_grad()
+    def _after(self, params: list[torch.Tensor], copy: list[torch.Tensor],
+               index: list[int]) -> tuple[list[int], torch.Tensor]:
         now = [params[i].detach() for i in index]
         try:
             torch._foreach_sub_(copy, now)

@@ -1,9 +1,9 @@
 """PyTorch or another library warned during training.
 
 ## What it flags
-Each distinct warning Python showed while the run was recorded (`warning` events: the
-zero-code mode, `diagnose run SCRIPT`, records every warning that passes the script's
-filters), once, with the step it first appeared at, how often it came, its category and
+Each distinct warning Python showed while the run was recorded (`warning` events: every
+recorder, `Monitor`, the reference loop and the zero-code mode, records each warning that
+passes the user's filters, at the user's line: diagnose/recorder/warnings_capture.py), once, with the step it first appeared at, how often it came, its category and
 where it was raised. A warning filtered out or caught by the script is not seen.
 
 ## Why it matters

@@ -108,3 +108,13 @@ def test_batch_paths_and_what_each_tensor_holds() -> None:
 
 def test_silent_on_healthy(healthy_run) -> None:
     assert nonfinite_inputs.check(healthy_run.first) == []
+
+
+def test_a_failing_check_switches_the_checks_off_not_the_recorder(tmp_path: Path, monkeypatch) -> None:
+    def broken(self, batch, key):
+        raise TypeError("odd tensor subclass")
+
+    monkeypatch.setattr(inputs.InputChecks, "_add", broken)
+    run = _monitor_run(tmp_path, {4: "nan"})
+    assert len(run.steps) == 12 and run.events_of("recorder_error").empty
+    assert nonfinite_inputs.check(run) == []

@@ -117,3 +117,16 @@ def test_zero_code_script_with_a_group_at_lr_1e9(tmp_path: Path) -> None:
     assert run_script(script_path("update_ratio_tiny_lr_group.py"), [], tmp_path / "run") == 0
     [finding] = update_ratio.check(read_run(tmp_path / "run").first)
     assert finding.evidence["direction"] == "small" and list(finding.evidence["median_ratio"]) == ["0"]
+
+
+def test_a_failing_copy_switches_update_norms_off_not_the_recorder(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self, params, copy, index):
+        raise RuntimeError("unusual parameter type")
+
+    monkeypatch.setattr(updates.UpdateSampler, "_after", broken)
+    run = _train(tmp_path / "run", lambda m: m.parameters(), steps=12, lr=1e-3)
+    assert run.update_norms.empty and len(run.steps) == 12 and not run.grad_norms.empty
+    assert run.events_of("recorder_error").empty
+    [note] = [d for d in run.events_of("not_recorded")["data"] if d["what"] == "update-norms"]
+    assert "unusual parameter type" in note["message"]
