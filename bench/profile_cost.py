@@ -10,6 +10,10 @@ device sync at its end on CUDA, in both variants). Reported, as medians over rou
 - the whole run's extra time, the trace's size, and how long `diagnose report` takes to
   parse it (torch-tb-profiler, `load_profile`).
 
+Each on two clocks: wall time, and the training thread's CPU time (`time.thread_time`),
+which other processes on a shared machine disturb much less (on a GPU it leaves out the
+time the host waits for the device).
+
     python3 bench/profile_cost.py                                   # CPU, reference CNN
     python3 bench/profile_cost.py --model gpt2 --batch 8 --seq 1024 # on a GPU
 """
@@ -31,20 +35,21 @@ from diagnose import Monitor  # noqa: E402
 from diagnose.profiling.load import load_profile, trace_files  # noqa: E402
 
 
-def one_run(args, device, profile, run_dir: Path) -> list[float]:
+def one_run(args, device, profile, run_dir: Path) -> tuple[list[float], list[float]]:
     setup = build(args.model, device, args.batch, args.seq)
     opt = torch.optim.AdamW(setup.model.parameters(), lr=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-4, total_steps=args.steps + 1)
     scaler = torch.amp.GradScaler(device.type) if setup.scaler else None
     step = step_fn(setup, opt, sched, scaler)
-    times = []
+    times, cpu = [], []
     with Monitor(run_dir, model=setup.model, optimizer=opt, scheduler=sched, scaler=scaler, profile=profile):
         for _ in range(args.steps):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             step(lambda loss: None)
             sync(device)
             times.append(time.perf_counter() - start)
-    return times
+            cpu.append(time.thread_time() - start_cpu)
+    return times, cpu
 
 
 def main() -> None:
@@ -65,7 +70,8 @@ def main() -> None:
     active = range(args.wait + 2, args.wait + 7)
     export = args.wait + 7  # the trace is collected at the step boundary that opens this step
     outside = [i for i in range(3, args.steps) if i < args.wait or i > export]
-    ratios = {"outside": [], "warmup": [], "active": [], "export_s": [], "run_extra_s": []}
+    clocks = ("wall", "cpu")
+    ratios = {(c, k): [] for c in clocks for k in ("outside", "warmup", "active", "export_s", "run_extra_s")}
     sizes, parse_s = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -74,16 +80,17 @@ def main() -> None:
             for profiled in order:
                 run_dir = Path(tmp) / f"r{r}-{profiled}"
                 result[profiled] = one_run(args, device, window if profiled else None, run_dir)
-            on, off = result[True], result[False]
+            for c, clock in enumerate(clocks):
+                on, off = result[True][c], result[False][c]
 
-            def ratio(idx):
-                return statistics.median(on[i] for i in idx) / statistics.median(off[i] for i in idx)
+                def ratio(idx):
+                    return statistics.median(on[i] for i in idx) / statistics.median(off[i] for i in idx)
 
-            ratios["outside"].append(ratio(outside))
-            ratios["warmup"].append(ratio(warm))
-            ratios["active"].append(ratio(active))
-            ratios["export_s"].append(on[export] - statistics.median(off[i] for i in outside))
-            ratios["run_extra_s"].append(sum(on) - sum(off))
+                ratios[clock, "outside"].append(ratio(outside))
+                ratios[clock, "warmup"].append(ratio(warm))
+                ratios[clock, "active"].append(ratio(active))
+                ratios[clock, "export_s"].append(on[export] - statistics.median(off[i] for i in outside))
+                ratios[clock, "run_extra_s"].append(sum(on) - sum(off))
             [trace] = trace_files(Path(tmp) / f"r{r}-True" / "rank0" / "profile")
             sizes.append(trace.stat().st_size)
             start = time.perf_counter()
@@ -93,9 +100,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     print(f"{args.model} batch {args.batch} on {name}, torch {torch.__version__}, {args.steps} steps, "
           f"window wait {args.wait} warmup 2 active 5, {args.rounds} rounds (medians, min-max)")
-    for key, values in ratios.items():
+    for (clock, key), values in ratios.items():
         unit = "x" if not key.endswith("_s") else " s"
-        print(f"  {key:12s} {statistics.median(values):.3f}{unit}  ({min(values):.3f}-{max(values):.3f})")
+        print(f"  {clock:4s} {key:12s} {statistics.median(values):.3f}{unit}  ({min(values):.3f}-{max(values):.3f})")
     print(f"  trace size   {statistics.median(sizes) / 1e3:.0f} KB gzipped")
     print(f"  report parse {statistics.median(parse_s):.2f} s (torch-tb-profiler, first call includes its import)")
 
