@@ -152,7 +152,7 @@ class RunTables:
         if table_name not in TABLE_NAMES:
             raise ValueError(f"unknown table {table_name!r}; tables are {', '.join(TABLE_NAMES)}")
         table = getattr(self, table_name)
-        if table is None or hasattr(table, "ok"):  # the profile summary
+        if table is None or not isinstance(table, (dict, pd.DataFrame)):  # the profile summary
             return table is not None and table.ok and (not column or bool(getattr(table, column, None)))
         if isinstance(table, dict):
             return bool(table.get(column)) if column else bool(table)
