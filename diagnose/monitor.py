@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from diagnose.profiling.window import ProfileWindow
+from diagnose.recorder import oom
 from diagnose.recorder.recorder import Recorder, RecorderOptions
 from diagnose.rundir import schema
 
@@ -170,18 +171,13 @@ def _sigterm_to_exit(signum, frame) -> None:
 
 
 def record_exception(recorder: Recorder, exc: BaseException) -> None:
-    """Write an exception event, and an OOM event with the memory state for CUDA OOMs."""
+    """Write an exception event, and an `oom` event with the memory state for an
+    out-of-memory error (diagnose/recorder/oom.py; unless backward already recorded it)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=20))
     recorder.event("exception", type=type(exc).__name__, message=str(exc)[:2000],
                    traceback=text[-8000:])
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        state: dict[str, Any] = {}
-        if torch.cuda.is_available():
-            try:
-                state = {"allocated_bytes": torch.cuda.memory_allocated(),
-                         "reserved_bytes": torch.cuda.memory_reserved(),
-                         "peak_bytes": torch.cuda.max_memory_allocated(),
-                         "total_bytes": torch.cuda.get_device_properties(0).total_memory}
-            except Exception:  # noqa: BLE001
-                state = {}
-        recorder.event("oom", message=str(exc)[:2000], **state)
+    if oom.is_oom(exc):
+        try:
+            recorder.on_oom(exc, "the training loop")
+        except Exception:  # noqa: BLE001 - the user's error is what matters here
+            pass

@@ -196,7 +196,13 @@ def _wrap_backward(original: Callable) -> Callable:
         if not _is_compiling():
             for listener in list(_listeners):
                 listener._safe(listener.on_backward, self)
-        return original(self, *args, **kwargs)
+        try:
+            return original(self, *args, **kwargs)
+        except torch.OutOfMemoryError as exc:  # recorded even if the loop catches it and goes on
+            for listener in list(_listeners):
+                if hasattr(listener, "on_oom"):
+                    listener._safe(listener.on_oom, exc, "backward")
+            raise
 
     return backward
 

@@ -28,6 +28,7 @@ from diagnose.recorder import checkpoints, hooks, inputs, numerics, system, upda
 from diagnose.profiling.window import ProfileWindow
 from diagnose.recorder import contracts
 from diagnose.recorder import interrupts
+from diagnose.recorder import oom
 from diagnose.recorder.writer import RunWriter
 from diagnose.rundir import schema
 
@@ -476,6 +477,17 @@ class Recorder:
     def on_optimizer_step_post(self) -> None:
         self._stepped = True
         self._cur.clip_capture = None
+
+    def on_oom(self, exc: BaseException, where: str) -> None:
+        """An out-of-memory error went by (oom.py): an `oom` event with the memory state."""
+        if oom.first_sighting(exc):
+            self.event("oom", **oom.describe(exc, self._device, where))
+            # The step's training forwards (train mode, grad on) were for a backward that
+            # ran out of memory, or never came: not evaluation passes (eval-* rules).
+            for token in self._calls:
+                flags = token[1]
+                if flags and flags.startswith("TG") and "B" not in flags:
+                    token[1] = flags + "B"
 
     def on_save(self, obj: Any, f: Any) -> None:
         """`torch.save(obj, f)` returned: a `checkpoint` event (path, top-level keys)."""
