@@ -10,7 +10,8 @@ parameter is split (params.jsonl). Every rank holds one piece, so each piece is 
 
 (an FSDP mesh over all ranks: shards == world_size, the plain sum; HSDP's replicas are
 counted once). `combine_shards` replaces, in every rank's tables, the sharded
-parameters' columns of `grad_norms` and `param_norms` with these global norms (the
+parameters' columns of `grad_norms`, `param_norms` and `update_norms` (‖Δw‖ is sharded
+like w) with these global norms (the
 same on every rank, as under DDP), recomputes `steps.grad_norm` from them and keeps the
 rank's own as `steps.grad_norm_local`. Rules therefore see global numbers on every rank.
 Losses, step times and memory stay each rank's own. Needs every rank's folder: with
@@ -63,7 +64,9 @@ def combine_shards(run: Run) -> None:
         return
     scale = pd.Series({i: n / world for i, n in sharded.items()})
     tables = [run.ranks[r] for r in range(world)]
-    for name in ("grad_norms", "param_norms"):
+    for name in ("grad_norms", "param_norms", "update_norms"):
+        if not all(hasattr(t, name) for t in tables):
+            continue
         frames = [getattr(t, name) for t in tables]
         columns = [c for c in sharded if all(c in f.columns for f in frames)]
         if not columns or any(f.empty for f in frames):

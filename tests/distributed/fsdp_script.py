@@ -52,6 +52,10 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
 torch.manual_seed(1 + rank)
 
 truth = {"grad_norm": [], "param_grad_norms": []}
+
+
+def full_weights() -> list[torch.Tensor]:
+    return [p.detach().full_tensor().clone() for p in model.parameters()]
 with Monitor(args.run_dir, model=model, optimizer=optimizer) as mon:
     for step in range(args.steps):
         x = torch.randn(32, 8, device=device)
@@ -61,7 +65,12 @@ with Monitor(args.run_dir, model=model, optimizer=optimizer) as mon:
         truth["param_grad_norms"].append([float(p.grad.full_tensor().norm()) for p in model.parameters()])
         total = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         truth["grad_norm"].append(float(total.full_tensor() if hasattr(total, "full_tensor") else total))
+        before = full_weights() if step == 0 else None
         optimizer.step()
+        if step == 0:  # the step the recorder samples weights and updates on (param_every)
+            after = full_weights()
+            truth["param_norms_0"] = [float(w.norm()) for w in after]
+            truth["update_norms_0"] = [float((a - b).norm()) for a, b in zip(after, before)]
 if rank == 0:
     Path(args.run_dir, "truth.json").write_text(json.dumps(truth))
 dist.barrier()

@@ -65,6 +65,9 @@ def test_global_norms_are_put_together_from_local_shards(run_dir: Path) -> None:
     for tables in run.ranks.values():
         np.testing.assert_allclose(tables.grad_norms.to_numpy(), truth["param_grad_norms"], rtol=1e-5)
         np.testing.assert_allclose(tables.steps["grad_norm"], truth["grad_norm"], rtol=1e-5)
+        np.testing.assert_allclose(tables.param_norms.loc[0], truth["param_norms_0"], rtol=1e-5)
+        if not tables.update_norms.empty:  # the weights and their change on a sampled step
+            np.testing.assert_allclose(tables.update_norms.loc[0], truth["update_norms_0"], rtol=1e-4)
         # clip_grad_norm_ all-reduces its total itself (a replicated DTensor): already global
         np.testing.assert_allclose(tables.steps["clip_norm"], truth["grad_norm"], rtol=1e-5)
     local = [t.steps["grad_norm_local"].to_numpy() for t in run.ranks.values()]
