@@ -82,6 +82,7 @@ def load_profile(profile_dir: Path, relative_to: Path | None = None) -> ProfileS
             adapted = adapt_trace(trace_json)
             data = RunProfileData.from_json(worker, span, trace_json)
         summary = summarize(data)
+        adapted += drop_tensor_core_verdict(summary, data.device_props)
     except Exception as exc:  # noqa: BLE001 - a bad trace is a note, not a crash
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return ProfileSummary(status=STATUS_FAILED, message=f"could not parse {names[-1]}: {message}",
@@ -159,6 +160,24 @@ def summarize(data: Any) -> ProfileSummary:
                        for name, row in stat.iterrows()]
     return ProfileSummary(steps=steps, mean_ms=mean, gpus=gpus, top_operators=top_ops, top_kernels=top_kernels,
                           recommendations=[plain_text(r) for r in data.recommendations])
+
+
+def drop_tensor_core_verdict(summary: ProfileSummary, device_props: Any) -> list[str]:
+    """On Hopper and later GPUs (compute capability 9+), torch-tb-profiler cannot tell
+    which kernels use Tensor Cores: its list of Tensor Core kernel names (from NVIDIA's
+    PyProf) predates cuBLASLt's `nvjet_sm90_*` and cuDNN's `*wgmma*` kernels, so it calls
+    an fp16 run's GEMMs "no Tensor Cores" and advises enabling AMP. There the per-kernel
+    flag becomes unknown (None) and that advice is dropped; a line says so."""
+    majors = [p.get("computeMajor") for p in (device_props or []) if isinstance(p, dict)]
+    if not any(isinstance(m, int) and m >= 9 for m in majors):
+        return []
+    for kernel in summary.top_kernels:
+        kernel.tensor_cores = None
+    before = len(summary.recommendations)
+    summary.recommendations = [r for r in summary.recommendations if "Tensor Cores" not in r]
+    dropped = " and its 'enable AMP' advice dropped" if len(summary.recommendations) < before else ""
+    return [f"Tensor Core use not assessed on compute capability {max(majors)}.x (torch-tb-profiler does not "
+            f"know its kernel names){dropped}"]
 
 
 def plain_text(html: str) -> str:

@@ -77,7 +77,9 @@ class KernelRow:
     calls: int
     total_ms: float
     mean_us: float
-    tensor_cores: bool
+    tensor_cores: bool | None
+    """Whether the kernel uses Tensor Cores; None where torch-tb-profiler cannot tell
+    (its kernel-name list predates compute capability 9: docs/profiling.md)."""
 
 
 @dataclass

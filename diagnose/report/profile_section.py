@@ -141,7 +141,7 @@ def _one(rank: int, profile: ProfileSummary, many: bool, run_path: str) -> str:
     if profile.top_kernels:
         parts.append("<h4>Top kernels</h4>" + _table(
             ["kernel", "calls", "total ms", "mean µs", "tensor cores"],
-            [[k.name, k.calls, k.total_ms, k.mean_us, "yes" if k.tensor_cores else "no"] for k in profile.top_kernels]))
+            [[k.name, k.calls, k.total_ms, k.mean_us, {True: "yes", False: "no"}.get(k.tensor_cores, "?")] for k in profile.top_kernels]))
     if profile.recommendations:
         items = "".join(f"<li>{esc(r)}</li>" for r in profile.recommendations)
         parts.append(f"<h4>torch-tb-profiler recommends</h4><ul>{items}</ul>")

@@ -53,3 +53,12 @@ def test_starved_gpu_is_flagged_for_data_loading(profiles) -> None:
     assert finding.evidence["largest_host_part"] == "data_loading"
     assert profile.mean_share("data_loading") > 0.5
     assert any("DataLoader" in r for r in profile.recommendations)
+
+
+def test_no_tensor_core_verdict_on_hopper(profiles) -> None:
+    """torch-tb-profiler's Tensor Core kernel list predates sm90 (nvjet_*, *wgmma*): on
+    these fp16 runs it would say "no Tensor Cores, enable AMP". The verdict is dropped."""
+    for profile in profiles.values():
+        assert not any("Automatic Mixed Precision" in r for r in profile.recommendations)
+        assert all(k.tensor_cores is None for k in profile.top_kernels)
+        assert any(a.startswith("Tensor Core use not assessed on compute capability 9") for a in profile.adapted)
