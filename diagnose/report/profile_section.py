@@ -32,6 +32,19 @@ def open_hint(run_path: str) -> list[str]:
             "Perfetto: open the .pt.trace.json.gz file at https://ui.perfetto.dev (or chrome://tracing)"]
 
 
+def short_kernel_name(name: str, limit: int = 90) -> str:
+    """A kernel's C++ name without its template arguments and parameter list
+    (`void at::native::reduce_kernel<128, 4, ...>(...)` -> `at::native::reduce_kernel<…>`),
+    cut at `limit` characters; reports keep the full name where there is room (JSON, a
+    tooltip in HTML)."""
+    short = name[5:] if name.startswith("void ") else name
+    if "<" in short:
+        short = short[:short.index("<")] + "<…>"
+    elif "(" in short:
+        short = short[:short.index("(")] + "(…)"
+    return short if len(short) <= limit else short[:limit - 1] + "…"
+
+
 def _ms(value: float) -> str:
     return f"{value:.3g} ms" if value < 100 else f"{value:,.0f} ms"
 
@@ -72,7 +85,8 @@ def text_lines(report: Report) -> list[str]:
                             for op in profile.top_operators[:TOP_SHOWN])
             lines.append(f"  top operators ({'GPU' if device else 'host'} self time, {len(profile.steps)} steps): {ops}")
         if profile.top_kernels:
-            kernels = ", ".join(f"{k.name[:60]} {_ms(k.total_ms)} x{k.calls}" for k in profile.top_kernels[:TOP_SHOWN])
+            kernels = ", ".join(f"{short_kernel_name(k.name, 60)} {_ms(k.total_ms)} x{k.calls}"
+                                for k in profile.top_kernels[:TOP_SHOWN])
             lines.append(f"  top kernels ({len(profile.steps)} steps): {kernels}")
         for recommendation in profile.recommendations:
             lines.append(f"  torch-tb-profiler: {recommendation}")
@@ -111,10 +125,15 @@ def breakdown_image(profile: ProfileSummary) -> str:
         return to_data_uri(fig)
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, tuple):  # (shown, full): the full text as a tooltip
+        return f'<td title="{esc(value[1])}">{esc(value[0])}</td>'
+    return f"<td>{esc(value if isinstance(value, str) else number(value))}</td>"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c if isinstance(c, str) else number(c))}</td>" for c in row)
-                   + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
     return f'<table class="compare"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -141,7 +160,7 @@ def _one(rank: int, profile: ProfileSummary, many: bool, run_path: str) -> str:
     if profile.top_kernels:
         parts.append("<h4>Top kernels</h4>" + _table(
             ["kernel", "calls", "total ms", "mean µs", "tensor cores"],
-            [[k.name, k.calls, k.total_ms, k.mean_us, {True: "yes", False: "no"}.get(k.tensor_cores, "?")] for k in profile.top_kernels]))
+            [[(short_kernel_name(k.name), k.name), k.calls, k.total_ms, k.mean_us, {True: "yes", False: "no"}.get(k.tensor_cores, "?")] for k in profile.top_kernels]))
     if profile.recommendations:
         items = "".join(f"<li>{esc(r)}</li>" for r in profile.recommendations)
         parts.append(f"<h4>torch-tb-profiler recommends</h4><ul>{items}</ul>")
