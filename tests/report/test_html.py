@@ -34,7 +34,10 @@ from diagnose.rundir.synthetic import write_synthetic_run
 SCRIPT = "<script>alert(1)</script>"
 ATTR = '"><img src=x onerror=alert(1)>'
 JS_URL = "javascript:alert(1)"
-HOSTILE = (SCRIPT, ATTR, JS_URL)
+# Payloads with an effect a browser test can look for (a global, the title) if they ever ran.
+PWN_ATTR = '"><img src=x onerror="window.__pwned=1;document.title=\'pwned\'">'
+PWN_SCRIPT = "<script>window.__pwned=2;document.title='pwned'</script>"
+HOSTILE = (SCRIPT, ATTR, JS_URL, PWN_ATTR, PWN_SCRIPT)
 FIGURE_IDS = [f"fig-{spec.key}" for spec in FIGURES]
 
 
@@ -56,13 +59,14 @@ def hostile_run(root: Path, steps: int = 60) -> Path:
     def meta(r: dict) -> dict:
         if r.get("type") == "start":
             r["command"] = ["python", f"/tmp/{SCRIPT}/train.py", f"--out={ATTR}", JS_URL]
-            r["config"] = {SCRIPT: ATTR, "url": JS_URL, "nested": {"style": "</style><script>alert(2)</script>"}}
+            r["config"] = {SCRIPT: ATTR, "url": JS_URL, "nested": {"style": "</style><script>alert(2)</script>"},
+                           "owner": PWN_ATTR}
             r["device"] = f"cuda {ATTR}"
         if r.get("type") == "objects":
             r["models"][0]["class"] = f"Net{SCRIPT}"
             r["optimizers"][0]["class"] = f"Adam{ATTR}"
         if r.get("type") == "status" and r.get("status") == "crashed":
-            r["error"] = f"RuntimeError: {ATTR} </textarea>{SCRIPT}"
+            r["error"] = f"RuntimeError: {ATTR} </textarea>{SCRIPT} {PWN_SCRIPT}"
         return r
 
     names = {1: f"layers.0.{SCRIPT}", 2: ATTR, 3: JS_URL}
@@ -78,9 +82,16 @@ def hostile_run(root: Path, steps: int = 60) -> Path:
             r["calls"] = [*r["calls"], f"evil{SCRIPT}"]
         return r
 
+    oom = {"kind": "oom", "step": 40, "t_s": 1.0, "where": f"backward{PWN_ATTR}", "type": "OutOfMemoryError",
+           "message": f"CUDA out of memory. Tried to allocate 2.00 GiB. {PWN_SCRIPT}", "requested_bytes": 2**31}
+    exception = {"kind": "exception", "step": 40, "t_s": 1.0, "type": f"OutOfMemoryError{ATTR}",
+                 "message": f"CUDA out of memory {PWN_SCRIPT}", "traceback": f"File \"/tmp/{SCRIPT}/train.py\""}
+
     _rewrite(rank / "meta.jsonl", meta)
     _rewrite(rank / "params.jsonl", params)
     _rewrite(rank / "events.jsonl", events)
+    with open(rank / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(exception) + "\n" + json.dumps(oom) + "\n")
     return run
 
 
@@ -96,6 +107,16 @@ def hostile_findings() -> list[Finding]:
                 evidence={"step": 3, "calls": ["clip_grad_norm_"]}, fix="Call scaler.unscale_(optimizer) first."),
         Finding(rule="some-future-rule", severity=Severity.INFO, title="A rule this report has no figure for"),
     ]
+
+
+def render_hostile_cli(tmp_path: Path) -> Path:
+    """The hostile run, from a run directory whose name is markup too, through `diagnose
+    report --html` (every rule runs: findings quote parameter names, messages, ...)."""
+    run = hostile_run(tmp_path / f"run-{PWN_ATTR}")
+    out = tmp_path / "cli.html"
+    result = CliRunner().invoke(main, ["report", str(run), "--html", str(out)])
+    assert result.exit_code in (0, 1), result.output
+    return out
 
 
 def render_hostile(tmp_path: Path) -> Path:
@@ -244,6 +265,19 @@ def test_svg_figures_are_well_formed_and_escape_their_text(hostile) -> None:
     assert f"val_loss{ATTR}" in everything  # the metric name in the loss legend
     assert f"layers.0.{SCRIPT}" in everything and JS_URL in everything  # heatmap row labels
     assert f"Net{SCRIPT}" in everything  # the model's class in the timeline
+
+
+def test_the_cli_report_with_every_rule_is_as_safe(tmp_path: Path) -> None:
+    text = render_hostile_cli(tmp_path).read_text(encoding="utf-8")
+    page = parse(text)
+    test_one_document_with_a_restrictive_csp((text, page))
+    test_no_script_no_handlers_no_inline_styles((text, page))
+    test_no_external_urls((text, page))
+    assert "<script" not in text.lower() and "<img src=x" not in text.lower()
+    shown = page.joined
+    assert f"run-{PWN_ATTR}" in shown  # the run directory's name
+    assert "Out of memory at step 40" in shown and PWN_ATTR in shown  # a rule's finding quoting the data
+    assert PWN_SCRIPT in shown and ATTR in shown and JS_URL in shown
 
 
 # ---- content -------------------------------------------------------------------------------

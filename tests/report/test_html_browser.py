@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.report.test_html import ATTR, FIGURE_IDS, SCRIPT, hostile_findings, render_hostile
+from tests.report.test_html import (
+    ATTR, FIGURE_IDS, PWN_ATTR, PWN_SCRIPT, SCRIPT, hostile_findings, render_hostile, render_hostile_cli,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -122,6 +124,8 @@ class DevTools:
                 found.append(f"console.{params.get('type')}: {params.get('args')}")
             elif method == "Runtime.exceptionThrown":
                 found.append(f"exception: {params.get('exceptionDetails', {}).get('text')}")
+            elif method == "Page.javascriptDialogOpening":  # alert(1) ran
+                found.append(f"dialog: {params.get('type')} {params.get('message')}")
             elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
                 found.append(f"log {params['entry']['level']}: {params['entry']['text']}")
         return found
@@ -179,6 +183,29 @@ def test_report_renders_figures_and_findings_without_errors_or_requests(browser:
     assert len(state["findings"]) == len(hostile_findings())
     assert SCRIPT in state["text"] and ATTR in state["text"]  # shown as text, never run
     assert browser.evaluate("document.querySelectorAll('img[src^=\"x\"], img:not([src^=\"data:\"])').length") == 0
+    assert _nothing_ran(browser)
+
+
+_PWNED = "JSON.stringify({pwned: typeof window.__pwned, title: document.title})"
+
+
+def _nothing_ran(browser: DevTools) -> bool:
+    """No payload's side effect: `window.__pwned` unset, the title untouched."""
+    state = json.loads(browser.evaluate(_PWNED))
+    return state["pwned"] == "undefined" and state["title"] != "pwned"
+
+
+def test_the_cli_report_runs_no_script_from_the_data(browser: DevTools, tmp_path: Path) -> None:
+    """`diagnose report --html` on a run whose directory name, config, crash message, OOM
+    event and exception hold payloads: every rule's finding shown, none of them run."""
+    browser.load(render_hostile_cli(tmp_path))
+    assert browser.problems() == []
+    assert browser.evaluate("document.scripts.length") == 0
+    assert _nothing_ran(browser)
+    text = browser.evaluate("document.body.innerText")
+    assert PWN_ATTR in text and PWN_SCRIPT in text and "Out of memory at step 40" in text
+    assert browser.evaluate("Array.from(document.querySelectorAll('[href]'))"
+                            ".filter(a => !a.getAttribute('href').startsWith('#')).length") == 0
 
 
 def test_the_harness_sees_requests_and_csp_violations(browser: DevTools, tmp_path: Path) -> None:
@@ -191,3 +218,11 @@ def test_the_harness_sees_requests_and_csp_violations(browser: DevTools, tmp_pat
     problems = browser.problems()
     assert any("Content Security Policy" in p for p in problems), problems
     assert any(p.startswith("request: http://example.invalid") for p in problems), problems
+
+
+def test_the_harness_sees_a_payload_run(browser: DevTools, tmp_path: Path) -> None:
+    """Without the CSP and the escaping, the payload would run, and `_nothing_ran` says so."""
+    bad = tmp_path / "unsafe.html"
+    bad.write_text(f'<!DOCTYPE html><html><head><title>t</title></head><body><p title="{PWN_ATTR}"></p></body></html>')
+    browser.load(bad)
+    assert not _nothing_ran(browser)
