@@ -62,3 +62,29 @@ def test_no_tensor_core_verdict_on_hopper(profiles) -> None:
         assert not any("Automatic Mixed Precision" in r for r in profile.recommendations)
         assert all(k.tensor_cores is None for k in profile.top_kernels)
         assert any(a.startswith("Tensor Core use not assessed on compute capability 9") for a in profile.adapted)
+
+
+def test_gpu_section_in_the_reports(profiled_run: Path, tmp_path: Path) -> None:
+    """A run directory whose profile is the starved H200 trace: the HTML has the GPU and
+    kernel tables (kernel names shortened, full in a tooltip), the terminal the utilization."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from diagnose.cli import main
+    from tests.report.test_html import parse
+
+    run = tmp_path / "run"
+    shutil.copytree(profiled_run, run)
+    folder = run / "rank0" / "profile"
+    shutil.rmtree(folder)
+    shutil.copytree(DATA / "gpu_starved", folder)
+    text = CliRunner().invoke(main, ["report", str(run)]).stdout
+    assert "GPU 0 (NVIDIA H200): utilization 6%" in text and "low-gpu-utilization" in text
+    out = tmp_path / "r.html"
+    assert CliRunner().invoke(main, ["report", str(run), "--format", "html", "-o", str(out)]).exit_code == 0
+    page = parse(out.read_text(encoding="utf-8"))
+    titles = [a["title"] for t, a in page.tags if t == "td" and "title" in a]
+    assert titles and any(t.startswith("void at::native::") and "<" in t for t in titles)
+    assert "at::native::reduce_kernel<…>" in "".join(page.text)
+    assert [t for t, _ in page.tags].count("script") == 0

@@ -85,3 +85,13 @@ def test_profile_section_in_a_browser(browser: DevTools, profiled_run: Path, tmp
     assert "mean step" in state["text"] and "aten::addmm" in state["text"]
     assert state["images"] and all(i["ok"] and i["shown"] > 300 for i in state["images"])
     assert state["rows"] >= 3
+
+
+def test_kernel_names_are_shortened_for_people() -> None:
+    from diagnose.report.profile_section import short_kernel_name
+
+    assert short_kernel_name("void at::native::reduce_kernel<128, 4, Op<c10::Half>>(Op<c10::Half>)") == \
+        "at::native::reduce_kernel<…>"
+    assert short_kernel_name("nvjet_sm90_hsh_64x64_64x13_4x2_h_bz_NNT") == "nvjet_sm90_hsh_64x64_64x13_4x2_h_bz_NNT"
+    assert short_kernel_name("void gemm(int, float)") == "gemm(…)"
+    assert short_kernel_name("k" * 200, limit=20) == "k" * 19 + "…"
