@@ -85,10 +85,10 @@ def find_runs(logdir: str | os.PathLike[str]) -> list[Path]:
     return runs
 
 
-def _is_add_scalars_child(folder: Path) -> bool:
+def _is_add_scalars_child(folder: Path, acc=None) -> bool:
     """`add_scalars("loss", {"train": ...})` writes tag `loss` into `PARENT/loss_train/`."""
     try:
-        tags = _accumulate(folder).Tags().get("scalars", [])
+        tags = (acc if acc is not None else _accumulate(folder)).Tags().get("scalars", [])
     except Exception:  # noqa: BLE001 - unreadable: treat as its own run, which will say so
         return False
     return bool(tags) and all(folder.name.startswith(t.replace("/", "_") + "_") for t in tags)
@@ -142,8 +142,7 @@ def read_scalars(run_folder: str | os.PathLike[str]) -> Scalars:
     folder = Path(run_folder)
     series: dict[str, pd.DataFrame] = {}
 
-    def load(path: Path, prefix_for: str | None) -> None:
-        acc = _accumulate(path)
+    def load(acc, prefix_for: str | None) -> None:
         kinds = [(t, "scalars") for t in acc.Tags().get("scalars", [])]
         kinds += [(t, "tensors") for t in _scalar_tensor_tags(acc)]
         for tag, kind in kinds:
@@ -154,10 +153,11 @@ def read_scalars(run_folder: str | os.PathLike[str]) -> Scalars:
             if len(frame):
                 series[name] = frame
 
-    load(folder, None)
+    load(_accumulate(folder), None)
     for child in sorted(p for p in folder.iterdir() if p.is_dir() and _has_events(p)):
-        if _is_add_scalars_child(child):
-            load(child, child.name)
+        acc = _accumulate(child)  # read once: to tell an add_scalars child, then its values
+        if _is_add_scalars_child(child, acc):
+            load(acc, child.name)
     return Scalars(folder, series)
 
 

@@ -147,3 +147,15 @@ def test_tag_map_on_a_run_directory_is_refused(tmp_path: Path) -> None:
     run = write_synthetic_run(tmp_path / "run", steps=30, params=2)
     result = invoke("report", run, "--tag-map", "loss=loss")
     assert result.exit_code == 2 and "--tag-map applies to TensorBoard logs only" in result.stderr
+
+
+def test_new_style_scalars_are_read(tmp_path: Path) -> None:
+    """`add_scalar(..., new_style=True)` (and TF2's tf.summary.scalar) store tensors, not simple values."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(30):
+        writer.add_scalar("train/loss", 2.0 - step / 30, step, new_style=True)
+    writer.close()
+    steps = read_logdir(tmp_path).first.steps
+    assert len(steps) == 30 and steps["loss"].iloc[-1] == pytest.approx(2.0 - 29 / 30)
