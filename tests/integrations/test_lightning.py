@@ -84,20 +84,46 @@ def _loaders(seed: int = 0):
     return train, val
 
 
+class PlateauSchedule(Blobs):
+    """SGD with momentum and ReduceLROnPlateau on the validation loss (stepped per epoch)."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+
+
+class EpochCosine(Blobs):
+    """A per-epoch cosine schedule, in Lightning's list form."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=1e-2)
+        return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)]
+
+
+class TwoGroups(Blobs):
+    """Two parameter groups, the first layer at a tenth of the LR, no scheduler."""
+
+    def configure_optimizers(self):
+        rest = [*self.net[2].parameters(), *self.net[4].parameters()]
+        return torch.optim.AdamW([{"params": self.net[0].parameters(), "lr": 1e-3}, {"params": rest}], lr=1e-2)
+
+
 def fit(run_dir: Path | None, *, epochs: int = 4, precision="32-true", plugins=None, logger=False,
-        callbacks=(), seed: int = 0, **model_args) -> Blobs:
-    """Train `Blobs(**model_args)` for `epochs`, recorded into `run_dir` (None: not recorded)."""
+        callbacks=(), seed: int = 0, module: type[Blobs] = Blobs, trainer_args: dict | None = None,
+        **model_args) -> Blobs:
+    """Train `module(**model_args)` for `epochs`, recorded into `run_dir` (None: not recorded)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     try:
-        model = Blobs(**model_args)
+        model = module(**model_args)
         extra = [DiagnoseCallback(run_dir)] if run_dir is not None else []
+        args = {"gradient_clip_val": 1.0, **(trainer_args or {})}
         trainer = L.Trainer(
             max_epochs=epochs, accelerator="cpu", devices=1, precision=None if plugins else precision,
             plugins=plugins, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, gradient_clip_val=1.0, log_every_n_steps=1,
-            callbacks=[*extra, *callbacks])
+            enable_model_summary=False, log_every_n_steps=1, callbacks=[*extra, *callbacks], **args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer.fit(model, *_loaders(seed))
@@ -147,6 +173,24 @@ def test_steps_norms_and_metrics(healthy: Path) -> None:
     val = tables.metrics[tables.metrics["phase"] == "val"]
     assert list(val["name"]) == ["val_loss"] * 4  # one per epoch, not the sanity check
     assert tables.meta["status"] == "finished" and tables.meta["config"]["lr"] == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize(("module", "trainer_args"), [
+    (Blobs, {"accumulate_grad_batches": 2}), (Blobs, {"gradient_clip_val": None}),
+    (Blobs, {"val_check_interval": 0.5}), (PlateauSchedule, {}), (EpochCosine, {}), (TwoGroups, {}),
+], ids=["accumulate", "no-clipping", "validation-twice-an-epoch", "plateau", "epoch-cosine", "two-groups"])
+def test_other_healthy_setups_stay_silent(tmp_path: Path, module: type[Blobs], trainer_args: dict) -> None:
+    fit(tmp_path / "run", module=module, trainer_args=trainer_args)
+    assert problems(tmp_path / "run") == {}
+
+
+def test_accumulation_is_one_step_of_two_micro_batches(tmp_path: Path) -> None:
+    fit(tmp_path / "run", trainer_args={"accumulate_grad_batches": 2}, epochs=1)
+    steps = read_run(tmp_path / "run").first.steps
+    assert len(steps) == STEPS_PER_EPOCH // 2 and (steps["micro_batches"] == 2).all()
+    assert _step_calls(tmp_path / "run", 3) == ["model0.forward[TGB]", "opt0.zero_grad", "backward",
+                                                "model0.forward[TGB]", "backward", "clip_grad_norm_", "opt0.step",
+                                                "sched0.step"]
 
 
 def test_bf16_mixed_stays_silent(tmp_path: Path) -> None:
