@@ -185,9 +185,12 @@ def scalars_to_run(scalars: Scalars, tag_map: list[tuple[str, tb_tags.Target]] =
     """Build the run tables from one run's scalar series (see the module docstring)."""
     counts = {tag: len(frame) for tag, frame in scalars.series.items()}
     mapping, notes = tb_tags.resolve(counts, list(tag_map))
+    if not counts:
+        raise RunDirError(f"{scalars.path}: its event files hold no scalar values (unreadable, or only "
+                          "images, histograms or graphs)")
     if not mapping:
         shown = ", ".join(list(counts)[:12]) + (", ..." if len(counts) > 12 else "")
-        raise RunDirError(f"{scalars.path}: no TensorBoard tag was recognised ({shown or 'no scalars'}); "
+        raise RunDirError(f"{scalars.path}: no TensorBoard tag was recognised ({shown}); "
                           "name them with --tag-map TAG=FIELD (e.g. --tag-map train/mse=loss)")
     series = {tag: _last_per_step(scalars.series[tag]) for tag in mapping}
     epoch_tag = next((t for t, target in mapping.items() if target.field == "epoch"), None)

@@ -159,3 +159,10 @@ def test_new_style_scalars_are_read(tmp_path: Path) -> None:
     writer.close()
     steps = read_logdir(tmp_path).first.steps
     assert len(steps) == 30 and steps["loss"].iloc[-1] == pytest.approx(2.0 - 29 / 30)
+
+
+def test_unreadable_event_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "events.out.tfevents.1700000000.host").write_bytes(bytes(range(256)) * 20)
+    result = invoke("report", tmp_path)
+    assert result.exit_code == 2 and "event files hold no scalar values" in result.stderr
+    assert "Traceback" not in result.output
