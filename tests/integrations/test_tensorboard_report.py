@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from diagnose.cli import main
-from diagnose.integrations.tensorboard import find_runs, read_logdir
-from tests.integrations.tb_loops import LR_JUMP_STEP, RAMP_STEP, write_log
-
 pytest.importorskip("tensorboard")
+
+from diagnose.cli import main  # noqa: E402
+from diagnose.integrations.tensorboard import find_runs, read_logdir  # noqa: E402
+from tests.integrations.tb_loops import LR_JUMP_STEP, RAMP_STEP, write_log  # noqa: E402
 
 
 def invoke(*args):
