@@ -162,6 +162,7 @@ class DiagnoseCallback(Callback):
         rec.watch(optimizers=list(trainer.optimizers), schedulers=schedulers,
                   scalers=[scaler] if scaler is not None else [])
         self._wrap_module(rec, pl_module)
+        self._wrap_lightning_optimizers(rec, trainer)
         self._patches.wrap(torch.utils.data.dataloader._BaseDataLoaderIter, "__next__", self._timed_next)
         rec.event("lightning", version=pl.__version__, precision=str(trainer.precision),
                   accumulate_grad_batches=trainer.accumulate_grad_batches,
@@ -194,6 +195,25 @@ class DiagnoseCallback(Callback):
         for name in _STEP_METHODS:
             if is_overridden(name, module):
                 rec.patches.wrap_method(module, name, make_step)
+
+    @staticmethod
+    def _wrap_lightning_optimizers(rec: LightningRecorder, trainer: pl.Trainer) -> None:
+        """`self.optimizers()` hands out `LightningOptimizer`s (manual optimization): copies
+        of the optimizers' state in a subclass, whose `zero_grad` the optimizer's own hook
+        does not see. Their `step` reaches the optimizer's, which is hooked already."""
+        for wrapper in getattr(trainer.strategy, "_lightning_optimizers", None) or []:
+            inner = getattr(wrapper, "_optimizer", None)
+            index = next((i for i, o in enumerate(rec.optimizers) if o is inner), None)
+            if index is None:
+                continue
+
+            def make_zero_grad(original, name=f"opt{index}"):
+                def zero_grad(*args, **kwargs):
+                    rec._safe(rec.on_zero_grad, name)
+                    return original(*args, **kwargs)
+                return zero_grad
+
+            rec.patches.wrap_method(wrapper, "zero_grad", make_zero_grad)
 
     def _timed_next(self, original):
         clock = time.perf_counter

@@ -109,6 +109,32 @@ class TwoGroups(Blobs):
         return torch.optim.AdamW([{"params": self.net[0].parameters(), "lr": 1e-3}, {"params": rest}], lr=1e-2)
 
 
+class ManualTwoOptimizers(Blobs):
+    """Manual optimization with two optimizers (a probe trained on the detached features)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+        self.probe = nn.Linear(4, 4)
+
+    def training_step(self, batch, batch_idx):
+        main_opt, probe_opt = self.optimizers()
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        main_opt.zero_grad()
+        self.manual_backward(loss)
+        main_opt.step()
+        probe_loss = nn.functional.cross_entropy(self.probe(self.net(x).detach()), y)
+        probe_opt.zero_grad()
+        self.manual_backward(probe_loss)
+        probe_opt.step()
+        self.log("train_loss", loss)
+
+    def configure_optimizers(self):
+        return (torch.optim.AdamW(self.net.parameters(), lr=1e-2),
+                torch.optim.AdamW(self.probe.parameters(), lr=1e-2))
+
+
 def fit(run_dir: Path | None, *, epochs: int = 4, precision="32-true", plugins=None, logger=False,
         callbacks=(), seed: int = 0, module: type[Blobs] = Blobs, trainer_args: dict | None = None,
         **model_args) -> Blobs:
@@ -182,6 +208,13 @@ def test_steps_norms_and_metrics(healthy: Path) -> None:
 def test_other_healthy_setups_stay_silent(tmp_path: Path, module: type[Blobs], trainer_args: dict) -> None:
     fit(tmp_path / "run", module=module, trainer_args=trainer_args)
     assert problems(tmp_path / "run") == {}
+
+
+def test_manual_optimization_with_two_optimizers(tmp_path: Path) -> None:
+    fit(tmp_path / "run", module=ManualTwoOptimizers, trainer_args={"gradient_clip_val": None}, epochs=2)
+    assert problems(tmp_path / "run") == {}
+    assert _step_calls(tmp_path / "run", 3) == ["opt1.zero_grad", "backward", "opt1.step"]  # through self.optimizers()
+    assert len(read_run(tmp_path / "run").first.steps) == 2 * 2 * STEPS_PER_EPOCH  # two optimizer steps a batch
 
 
 def test_accumulation_is_one_step_of_two_micro_batches(tmp_path: Path) -> None:
