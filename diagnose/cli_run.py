@@ -5,6 +5,8 @@
     diagnose run train.py -- --lr 3e-4        # the user's unchanged script
     diagnose run --nproc-per-node 2 train.py  # under torchrun, one recorder per rank
     diagnose run --nproc-per-node 2           # the reference loop with DDP, 2 processes
+    diagnose run --nnodes 2 --node-rank 0 --master-addr HOST --nproc-per-node 4 --out /shared/x train.py
+                                              # torchrun's options pass through (cli_torchrun.py)
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from diagnose.cli_torchrun import Launch, launch_options, restarted, wait_for_ranks
 from diagnose.recorder.recorder import RecorderOptions
 
 _AMP = ("auto", "fp16", "bf16", "off")
@@ -41,12 +44,15 @@ def default_run_dir(label: str) -> Path:
     return candidate
 
 
-def check_out_dir(out: Path, overwrite: bool) -> None:
+def check_out_dir(out: Path, overwrite: bool, shared: bool = False) -> None:
     """Refuse an existing non-empty directory unless --overwrite (nothing is lost silently).
     Under torchrun (one `diagnose run` per rank) only this rank's `rankK/` folder counts:
-    the other ranks may already be writing theirs."""
+    the other ranks may already be writing theirs. `shared`: the launcher of one node of
+    several, whose ranks each check their own folder (the other nodes' may be there)."""
     if out.exists() and not out.is_dir():
         raise click.UsageError(f"--out {out} exists and is not a directory")
+    if shared:
+        return
     if _launched_rank() is not None:
         mine = out / f"rank{_launched_rank()}"
         if mine.is_dir() and any(mine.iterdir()) and not overwrite:
@@ -96,10 +102,13 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 @click.option("--nproc-per-node", "nproc", type=click.IntRange(min=1), default=None,
               help="Launch SCRIPT, or the reference loop with DDP (gloo on CPU, nccl on CUDA), "
                    "in N processes through torchrun (torch.distributed.run --standalone), each "
-                   "recorded into its own rankK/ folder; one report at the end.")
+                   "recorded into its own rankK/ folder; one report at the end. The torchrun "
+                   "options below pass through (--standalone unless they say where the "
+                   "rendezvous is).")
+@launch_options
 def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, seed,
         config_file, inject, resume, grad_every, param_every, no_report, nproc, profile,
-        profile_steps) -> None:
+        profile_steps, launch: Launch) -> None:
     """Train under the recorder, then report.
 
     Without SCRIPT, trains the built-in reference loop on an embedded task (no download).
@@ -108,6 +117,7 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
     """
     options = RecorderOptions(grad_every=grad_every, param_every=param_every,
                               profile=_profile_window(profile, profile_steps))
+    _check_launch(launch, nproc, out)
     if script is not None:
         loop_only = {"--task": task, "--epochs": epochs, "--steps": steps, "--device": device,
                      "--amp": amp, "--seed": seed, "--config": config_file, "--resume": resume}
@@ -119,12 +129,12 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
         if not script.exists():
             raise click.UsageError(f"script {script} does not exist")
         out = out or default_run_dir(script.stem)
-        check_out_dir(out, overwrite)
+        check_out_dir(out, overwrite, shared=launch.multi_node)
         if nproc is None:
             code = _run_script(script, list(script_args), out, options, overwrite)
         else:
-            code = _run_torchrun(nproc, script, list(script_args), out, options, overwrite)
-        _finish(out, no_report)
+            code = _run_torchrun(nproc, script, list(script_args), out, options, overwrite, launch)
+        _finish(out, no_report, launch)
         sys.exit(code)
 
     if script_args:
@@ -132,10 +142,11 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
     config = _reference_config(config_file, task=task, epochs=epochs, steps=steps,
                                device=device, amp=amp, seed=seed, inject=list(inject),
                                resume=resume)
-    _check_ranks(config, nproc)
+    _check_ranks(config, nproc, launch)
     label = getattr(config, "task", "run") + ("-" + "-".join(inject) if inject else "")
     out = out or default_run_dir(label)
-    check_out_dir(out, overwrite)
+    overwrite = overwrite or restarted()  # torchrun restarted this rank: replace its attempt
+    check_out_dir(out, overwrite, shared=launch.multi_node)
     if nproc is not None:
         flags = {"--task": task, "--epochs": epochs, "--steps": steps, "--device": device, "--amp": amp,
                  "--seed": seed, "--config": config_file, "--resume": resume,
@@ -143,8 +154,8 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
         args = [a for flag, value in flags.items() if value is not None for a in (flag, str(value))]
         args += [a for name in inject for a in ("--inject", name)] + (["--overwrite"] if overwrite else [])
         code = _torchrun(nproc, ["-m", "diagnose.cli", "run", "--no-report", "--out", str(out), *args], out,
-                         f"the reference loop ({config.task}) with DDP")
-        _finish(out, no_report)
+                         f"the reference loop ({config.task}) with DDP", launch)
+        _finish(out, no_report, launch)
         sys.exit(code)
     from reference_loop.train import train
 
@@ -177,12 +188,26 @@ def _launched_rank() -> int | None:
     return rank if world > 1 else None
 
 
-def _check_ranks(config, nproc: int | None) -> None:
+def _check_launch(launch: Launch, nproc: int | None, out: Path | None) -> None:
+    """Usage errors for torchrun's options: they need --nproc-per-node, must make sense
+    together, and several nodes must name their shared run directory."""
+    if not launch.given:
+        return
+    if nproc is None:
+        raise click.UsageError(f"{', '.join(launch.given)}: torchrun options; they need --nproc-per-node N")
+    launch.check()
+    if launch.multi_node and out is None:
+        raise click.UsageError(f"--nnodes {launch.nnodes} needs --out: the same run directory on every node "
+                               "(a shared file system), where each rank writes its rankK/")
+
+
+def _check_ranks(config, nproc: int | None, launch: Launch | None = None) -> None:
     """A usage error when an injection needs more processes than the run will have, or
     the processes more GPUs than the machine has (NCCL wants one GPU per rank)."""
     from reference_loop.injections import check_world_size
 
-    world = nproc or int(os.environ.get("WORLD_SIZE", "1") or 1)
+    nodes = launch.nodes[0] if launch is not None else 1
+    world = nproc * nodes if nproc else int(os.environ.get("WORLD_SIZE", "1") or 1)
     try:
         check_world_size(config.inject, world)
     except ValueError as exc:
@@ -229,7 +254,8 @@ def _run_script(script: Path, args: list[str], out: Path, options, overwrite: bo
     return run_script(script, args, out, options=options, overwrite=overwrite)
 
 
-def _run_torchrun(nproc: int, script: Path, args: list[str], out: Path, options, overwrite: bool) -> int:
+def _run_torchrun(nproc: int, script: Path, args: list[str], out: Path, options, overwrite: bool,
+                  launch: Launch) -> int:
     """Run `python -m diagnose.zerocode` in `nproc` processes under torchrun; its exit code."""
     command = ["-m", "diagnose.zerocode", "--out", str(out),
                "--grad-every", str(options.grad_every), "--param-every", str(options.param_every)]
@@ -237,27 +263,37 @@ def _run_torchrun(nproc: int, script: Path, args: list[str], out: Path, options,
         window = options.profile
         command += ["--profile-steps", f"{window.wait},{window.warmup},{window.active}"]
     command += (["--overwrite"] if overwrite else []) + [str(script), "--", *args]
-    return _torchrun(nproc, command, out, str(script))
+    return _torchrun(nproc, command, out, str(script), launch)
 
 
-def _torchrun(nproc: int, program: list[str], out: Path, what: str) -> int:
-    """`python -m torch.distributed.run --nproc-per-node N --standalone PROGRAM`; its exit code."""
+def _torchrun(nproc: int, program: list[str], out: Path, what: str, launch: Launch) -> int:
+    """`python -m torch.distributed.run --nproc-per-node N [OPTIONS] PROGRAM` (OPTIONS:
+    `--standalone` unless torchrun's options were given); its exit code."""
     import subprocess
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--standalone", *program]
-    click.echo(f"diagnose: {what} in {nproc} processes through torchrun into {out}", err=True)
+               *launch.arguments(), *program]
+    click.echo(f"diagnose: {what} in {launch.describe(nproc)} through torchrun into {out}", err=True)
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:
         return 130
 
 
-def _finish(out: Path, no_report: bool) -> None:
-    """Print where the run went and, unless asked not to, the report on it."""
+def _finish(out: Path, no_report: bool, launch: Launch | None = None) -> None:
+    """Print where the run went and, unless asked not to, the report on it. Of several
+    nodes, the launcher with --node-rank 0 reports, once the other nodes' ranks ended."""
     click.echo(f"diagnose: run directory {out}", err=True)
     if no_report:
         return
+    if launch is not None and launch.multi_node:
+        if not launch.reports:
+            click.echo("diagnose: the launcher with --node-rank 0 reports on every node's ranks", err=True)
+            return
+        pending = wait_for_ranks(out)
+        if pending:
+            click.echo(f"diagnose: rank(s) {', '.join(map(str, pending))} have not ended yet; the report "
+                       f"reads them as running (`diagnose report {out}` later)", err=True)
     from diagnose.report.finish import report_after_run
 
     report_after_run(out)

@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = RecorderOptions(grad_every=ns.grad_every, param_every=ns.param_every,
                                   profile=ProfileWindow.coerce(ns.profile_steps))
-        code = run_script(ns.script, args, out, options=options, overwrite=ns.overwrite)
+        from diagnose.cli_torchrun import restarted
+
+        # torchrun restarted this rank (--max-restarts): its folder holds the failed attempt
+        code = run_script(ns.script, args, out, options=options, overwrite=ns.overwrite or restarted())
     except (RunDirExistsError, FileNotFoundError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
