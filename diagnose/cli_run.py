@@ -153,6 +153,9 @@ def run(script, script_args, out, overwrite, task, epochs, steps, device, amp, s
                  "--grad-every": grad_every, "--param-every": param_every}
         args = [a for flag, value in flags.items() if value is not None for a in (flag, str(value))]
         args += [a for name in inject for a in ("--inject", name)] + (["--overwrite"] if overwrite else [])
+        if options.profile is not None:  # every rank profiles the same window
+            window = options.profile
+            args += ["--profile-steps", f"{window.wait},{window.warmup},{window.active}"]
         code = _torchrun(nproc, ["-m", "diagnose.cli", "run", "--no-report", "--out", str(out), *args], out,
                          f"the reference loop ({config.task}) with DDP", launch)
         _finish(out, no_report, launch)

@@ -144,3 +144,17 @@ def test_torchrun_passes_the_window_to_every_rank(tmp_path: Path, monkeypatch) -
     [command] = calls
     assert command[command.index("--profile-steps") + 1] == "5,2,5"
     assert command.index("--profile-steps") < command.index(str(script))  # an option of diagnose.zerocode
+
+
+def test_torchrun_reference_loop_passes_the_window_to_every_rank(tmp_path: Path, monkeypatch) -> None:
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda command: calls.append(command) or 0)
+    result = CliRunner().invoke(main, ["run", "--nproc-per-node", "2", "--device", "cpu",
+                                       "--profile-steps", "3,1,2", "--out", str(tmp_path / "d"),
+                                       "--no-report"])
+    assert result.exit_code == 0, result.output
+    [command] = calls
+    assert command[command.index("--profile-steps") + 1] == "3,1,2"
+    assert command.index("run") < command.index("--profile-steps")  # an option of the workers' run
