@@ -137,7 +137,8 @@ def check(run: RunTables) -> list[Finding]:
             title = (f"{label} ({row.module}, batch_first=False) is fed batch-major input {tuple(shape)}: "
                      f"its dimension 0 ({shape[0]}) is the batch size, so it recurs across the batch")
             fix = (f"Build it with batch_first=True:\n    nn.{row.module}(..., batch_first=True)\n"
-                   "or feed it (seq, batch, features):\n    out, _ = self.rnn(x.transpose(0, 1))")
+                   "or feed it (seq, batch, features) and turn its output back:\n"
+                   "    out, _ = self.rnn(x.transpose(0, 1))\n    out = out.transpose(0, 1)")
         findings.append(Finding(
             rule=NAME, severity=SEVERITY, title=title, steps=(steps[0], steps[-1]),
             evidence={"module": entry["name"] or None, "class": row.module, "batch_first": bool(row.batch_first),
