@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,12 @@ class Trial:
 
 
 def start_run(out: Path, config: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "diagnose.cli", "run", "--out", str(out), "--config", str(config),
+    # SIGINT as in a terminal even when this script was started in the background: a
+    # non-interactive shell's `cmd &` ignores SIGINT, the child inherits that, and Python
+    # then installs no KeyboardInterrupt handler (every SIGINT trial would read as "lost").
+    launcher = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "sys.argv[0] = 'diagnose'; runpy.run_module('diagnose.cli', run_name='__main__')")
+    cmd = [sys.executable, "-c", launcher, "run", "--out", str(out), "--config", str(config),
            "--steps", "1000000", "--no-report"]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(_stderr_file(out), "wb") as stderr:  # kept: "Exception ignored in ..." tells where
@@ -167,17 +173,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=60,
                         help="SIGKILL trials (plus 1 SIGTERM and 1 SIGINT per 10), spread over the POINTS")
+    parser.add_argument("--interrupts", type=int, default=None,
+                        help="SIGTERM and SIGINT trials, each (default: one per 10 SIGKILL trials).")
     parser.add_argument("--max-delay", type=float, default=3.0, help="Longest random wait before the signal, s.")
+    parser.add_argument("--jobs", type=int, default=1, help="Trials run side by side.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/diagnose-crash-trials"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     points = list(POINTS)
     plan = [(seed, signal.SIGKILL, points[seed % len(points)]) for seed in range(args.trials)]
-    plan += [(1000 + i, s, points[i % len(points)]) for i in range(max(args.trials // 10, 1))
+    interrupts = args.interrupts if args.interrupts is not None else max(args.trials // 10, 1)
+    plan += [(1000 + i, s, points[i % len(points)]) for i in range(interrupts)
              for s in (signal.SIGTERM, signal.SIGINT)]
     trials = []
-    for seed, sig, point in plan:
-        trial = run_trial(args.workdir, seed, sig, args.max_delay, point)
+
+    def one(entry: tuple) -> Trial:
+        return run_trial(args.workdir, entry[0], entry[1], args.max_delay, entry[2])
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = list(pool.map(one, plan))
+    for (seed, sig, point), trial in zip(plan, done):
         trials.append(trial)
         print(f"{trial.sig:8s} seed {seed:4d} {point:16s} delay {trial.delay_s:5.2f}s steps {trial.steps:6d} "
               f"lost {trial.lost_s:5.3f}s ~{trial.lost_records} records  {trial.failure or 'ok'}", flush=True)
