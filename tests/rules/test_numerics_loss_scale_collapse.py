@@ -80,6 +80,16 @@ def test_silent_while_a_large_initial_scale_calibrates(fault) -> None:
     assert loss_scale_collapse.check(run) == []
 
 
+def test_fires_when_calibration_drove_the_scale_below_one() -> None:
+    # 20 skips in a row from the start (calibration), then clean steps: the scale is left at
+    # 2**-4, so the loss is scaled down and small fp16 gradients underflow.
+    run = _scaler_run([True] * 20 + [False] * 15, init=2.0 ** 16, growth_interval=1000)
+    finding = _only(loss_scale_collapse.check(run))
+    assert finding.evidence["why"] == ["the scale fell to 0.0625"]
+    assert finding.evidence["skipped_after_calibration"] == 0
+    assert finding.steps == (0, 19)
+
+
 def test_silent_on_periodic_growth_and_backoff() -> None:
     # Grows every 20 clean steps and overflows right after each growth: one skip in 21.
     skipped = [(i % 21) == 20 for i in range(420)]

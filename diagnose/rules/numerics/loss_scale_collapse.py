@@ -105,6 +105,8 @@ def check(run: RunTables) -> list[Finding]:
     index = table.index
     skipped_steps = [int(s) for s in index[skipped]]
     counted = [int(s) for s in index[lead:][post]] if not all_skipped else skipped_steps
+    if not counted:  # only the scale's fall: it happened while calibrating, no skip after
+        counted = skipped_steps
     first = counted[0]
     total_skipped = int(skipped.sum())
     title = (f"GradScaler skipped {total_skipped} of {n} steps" +
