@@ -22,6 +22,15 @@ recorded at all, because it is a legitimate *additive mask*: a tensor whose only
 non-finite values are -Inf and whose largest value is exactly 0 (values in {0, -Inf}, or
 -Inf and non-positive scores), e.g. `torch.full((L, L), float("-inf")).triu(1)` built by a
 collate function. The rule (diagnose/rules/data/nonfinite_inputs.py) decides the rest.
+
+Loops without a watched loader (batches sliced by hand from an in-memory tensor,
+`x[i:i + 32]`, a generator of tensors) are covered by the model instead: until a watched
+loader has yielded a training batch, the positional tensor arguments of each training
+forward of a watched model (autograd on, training mode) that do not require grad are
+checked the same way, named `model0.input[0]`. Tensors that require grad are the output
+of another model (a GAN's discriminator fed the generator's samples): a NaN there is the
+upstream model's, not the data's, so they are skipped; so are keyword arguments (the
+forward pre-hook does not see them).
 """
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ import torch
 MAX_TENSORS = 16
 """Floating-point tensors checked per batch (the first ones in the batch's order)."""
 MAX_DEPTH = 4
+FORWARD_KEY = "forward"
+"""The `key` of checks made on a model's forward inputs (not a loader's batches)."""
 
 
 def float_tensors(batch: Any, path: str = "batch", depth: int = 0,
@@ -90,6 +101,8 @@ class InputChecks:
         self._device: list[tuple[Any, list[str], torch.Tensor]] = []
         """(key, paths, [min0, max0, min1, max1, ...] float32 on the device)."""
         self.batches = 0
+        self.loader_batches = 0
+        """Batches from a watched loader (`add`); while 0, `add_forward_inputs` checks."""
         self.failed: str | None = None
         """Why the checks stopped (set once, on the first failure)."""
 
@@ -98,14 +111,26 @@ class InputChecks:
         (an unusual tensor subclass) switches the checks off, not the recorder."""
         if self.failed is not None:
             return
+        self.loader_batches += 1
         try:
-            self._add(batch, key)
+            self._add(float_tensors(batch), key)
+        except Exception as exc:  # noqa: BLE001 - the checks are optional, the record is not
+            self.failed = f"{type(exc).__name__}: {exc}"[:500]
+
+    def add_forward_inputs(self, name: str, args: tuple) -> None:
+        """Check the data tensors passed to a training forward of model `name`, when no
+        watched loader delivers the batches (see the module docstring)."""
+        if self.failed is not None or self.loader_batches:
+            return
+        try:
+            found = [(path, t) for path, t in float_tensors(args, f"{name}.input")
+                     if not t.requires_grad]
+            self._add(found, FORWARD_KEY)
         except Exception as exc:  # noqa: BLE001 - the checks are optional, the record is not
             self.failed = f"{type(exc).__name__}: {exc}"[:500]
 
     @torch.no_grad()
-    def _add(self, batch: Any, key: Any) -> None:
-        found = float_tensors(batch)
+    def _add(self, found: list[tuple[str, torch.Tensor]], key: Any) -> None:
         if not found:
             return
         self.batches += 1
@@ -131,8 +156,8 @@ class InputChecks:
     def keep_only(self, key: Any) -> None:
         """Drop what came from other loaders (the zero-code mode learns which loader is the
         training one at the first optimizer step)."""
-        self._host = [h for h in self._host if h[0] == key]
-        self._device = [d for d in self._device if d[0] == key]
+        self._host = [h for h in self._host if h[0] in (key, FORWARD_KEY)]
+        self._device = [d for d in self._device if d[0] in (key, FORWARD_KEY)]
 
     def take(self) -> tuple[list[dict], list[str], torch.Tensor | None]:
         """What the pending batches found: host findings, and the device pairs with their

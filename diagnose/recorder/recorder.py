@@ -422,6 +422,8 @@ class Recorder:
             samples, tokens = batch_size(args)
             self._cur.samples += samples
             self._cur.tokens += tokens
+        if training and grad:  # no watched loader: check the data the model is given
+            self.inputs.add_forward_inputs(f"model{index}", args)
 
     def on_forward(self, index: int, output: Any) -> None:
         if not torch.is_grad_enabled():

@@ -36,8 +36,35 @@ class Report:
 
 
 def build_report(run: Run, findings: list[Finding], rule_notes: list[str]) -> Report:
-    """Assemble a report: the summary of `run`, its findings, reader notes then rule notes."""
-    return Report(run=run, summary=summarize(run), findings=findings, notes=[*run.notes, *rule_notes])
+    """Assemble a report: the summary of `run`, its findings, reader notes, a note when no
+    optimizer step was recorded, then rule notes."""
+    return Report(run=run, summary=summarize(run), findings=findings,
+                  notes=[*run.notes, *_no_step_notes(run), *rule_notes])
+
+
+def _no_step_notes(run: Run) -> list[str]:
+    """The zero-code mode's `no_optimizer_step` event as a note: without it a script that
+    trains with hand-written updates (`p.data.add_(p.grad, alpha=-lr)`, the PyTorch
+    word-language-model example) reads "No problems found" although the step-based rules
+    saw one step (found in the field test, docs/rules.md)."""
+    notes = []
+    for rank, tables in sorted(run.ranks.items()):
+        try:
+            events = tables.events_of("no_optimizer_step")
+        except Exception:  # noqa: BLE001 - a note is optional, the report is not
+            continue
+        for data in events["data"] if "data" in events else []:
+            if not isinstance(data, dict):
+                continue
+            message = str(data.get("message") or "no optimizer step was recorded")
+            backward = data.get("backward_calls")
+            where = f" on rank {rank}" if len(run.ranks) > 1 else ""
+            by_hand = not data.get("optimizers") and backward
+            notes.append(f"{message}{where}" + (
+                f" ({backward} backward calls): weights updated without a torch.optim optimizer are not seen, "
+                "so the rules on steps, gradients and schedules had nothing to check" if by_hand else ""))
+            break
+    return notes
 
 
 def analyse(path: str | os.PathLike[str], select: Iterable[str] | None = None,

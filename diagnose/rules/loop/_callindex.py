@@ -195,10 +195,28 @@ class CallIndex:
         non-train phase, or (when the run marks no phases) they sit in a step's tail and
         run in eval mode or without autograd. A train-mode, grad-enabled forward without
         `B` in the train phase is never called evaluation (it could be anything)."""
-        candidate = self.forward & ~self.backprop
+        candidate = self.forward & ~self.backprop & ~self.feeds_training()
         if self.has_phases:
             return candidate & self.off_phase
         return candidate & self.in_tail() & (self.eval_mode | self.no_grad)
+
+    def feeds_training(self) -> np.ndarray:
+        """Forwards whose next call, past zero_grad, scheduler steps and scaler updates, is a
+        forward of *another* model that a backward reached: they made that model's training
+        input (a GAN generator's samples drawn under no_grad for the discriminator step, a
+        frozen feature extractor), so they belong to the training step, not to an
+        evaluation. Found in the field test (tests/scripts/healthy_wgan_gp_critic.py: a
+        BatchNorm generator sampled under no_grad in train mode read as a validation).
+        A validation of one model ends with its `train()` call or its own next training
+        forward, never another model's, so it is not affected."""
+        n = len(self)
+        if not n:
+            return np.zeros(0, dtype=bool)
+        passive = self.zero_grad | self.sched_step | (self.method == "update")
+        after = np.r_[self.next_at_or_after(~passive)[1:], n]
+        target = np.minimum(after, n - 1)
+        return (self.forward & ~self.backprop & (after < n) & self.forward[target] & self.backprop[target]
+                & (self.obj[target] != self.obj))
 
     # ---- evidence --------------------------------------------------------------------------
     def rows_of_step(self, step: int) -> np.ndarray:

@@ -103,12 +103,15 @@ def name_of(params: pd.DataFrame, index: int) -> str:
 
 
 def module_of(params: pd.DataFrame, index: int) -> str:
-    """The owning module's path, or the name without its last part."""
+    """The owning module's path, or the name without its last part. With several models
+    the names carry a `modelK.` prefix that the module path lacks (both models' first
+    layer are module `0`): the prefixed path is returned, so their layers stay apart."""
+    parent = name_of(params, index).rpartition(".")[0]
     if index in params.index:
         module = params.at[index, "module"]
         if isinstance(module, str) and module:
-            return module
-    return name_of(params, index).rpartition(".")[0] or name_of(params, index)
+            return parent if parent.endswith("." + module) else module
+    return parent or name_of(params, index)
 
 
 def lr_evidence(steps: pd.DataFrame) -> dict[str, dict[str, float]]:

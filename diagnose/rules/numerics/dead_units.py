@@ -11,7 +11,11 @@ Not flagged: frozen parameters (`requires_grad=False`), parameters that get no g
 at all (`.grad` is None: unused or frozen; recorded as "no gradient", not as 0), and the
 case where *every* parameter's gradient is zero (gradients cleared before the optimizer
 step or a loss that does not depend on the model: the loop rules and `loss-plateau`
-report that).
+report that), and a bias (a one-dimensional parameter) whose gradient is zero while a
+weight of its layer learns: its units are alive (their weights get gradients), only the
+loss does not depend on the bias. A WGAN critic's output bias is one: in
+`D(fake).mean() - D(real).mean()` it cancels exactly, on every step (found in the field
+test, tests/scripts/healthy_wgan_gp_critic.py).
 
 ## Why it matters
 A ReLU unit whose input is negative for every sample outputs 0 and gets gradient 0: it
@@ -82,12 +86,23 @@ def dead_parameters(run: RunTables) -> pd.DataFrame:
         if index not in grads.columns or counts[index] < MIN_STEPS or params.at[index, "requires_grad"] is False:
             continue
         numel = params.at[index, "numel"]
+        shape = params.at[index, "shape"] if "shape" in params.columns else None
         rows.append({"index": index, "parameter": params.at[index, "name"],
+                     "ndim": len(shape) if isinstance(shape, (list, tuple)) else None,
                      "layer": _signals.module_of(params, index),
                      "numel": int(numel) if not pd.isna(numel) else 0,
                      "zero_share": float(zeros[index] / counts[index]), "steps_with_gradient": int(counts[index]),
                      "first_zero_step": int(first_zero[index]) if zeros[index] else None})
     return pd.DataFrame(rows)
+
+
+def _cancelled_bias(table: pd.DataFrame, row: pd.Series) -> bool:
+    """A 1-D parameter with zero gradients in a layer whose multi-dimensional weight learns:
+    the loss does not depend on the bias; no unit is dead."""
+    if row.get("ndim") != 1:
+        return False
+    same = table[(table["layer"] == row["layer"]) & (table["zero_share"] < ZERO_SHARE)]
+    return bool(((same["ndim"].fillna(0)) >= 2).any())
 
 
 def check(run: RunTables) -> list[Finding]:
@@ -96,6 +111,9 @@ def check(run: RunTables) -> list[Finding]:
         return []
     dead = table[table["zero_share"] >= ZERO_SHARE]
     if dead.empty or len(dead) == len(table):
+        return []
+    dead = dead[[not _cancelled_bias(table, row) for _, row in dead.iterrows()]]
+    if dead.empty:
         return []
     layers = list(dict.fromkeys(dead["layer"]))
     by_layer = []
