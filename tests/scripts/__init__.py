@@ -68,6 +68,21 @@ SCRIPTS: dict[str, ScriptCase] = {
     "nonfinite_inputs.py": ScriptCase(
         rules=("nonfinite-inputs", "nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters")),
     "update_ratio_tiny_lr_group.py": ScriptCase(rules=("update-ratio",)),
+    # field test (docs/rules.md "Field test"): written unlike the ones above
+    "healthy_finetune_frozen_backbone.py": ScriptCase(),
+    "healthy_simclr_two_views.py": ScriptCase(),
+    "healthy_seq2seq_gru_packed.py": ScriptCase(),
+    "healthy_trainer_callbacks_ema.py": ScriptCase(),
+    "healthy_regression_accum_bf16.py": ScriptCase(),
+    "healthy_wgan_gp_critic.py": ScriptCase(),
+    "healthy_lstm_tbptt_lm.py": ScriptCase(),
+    "zero_grad_in_one_branch.py": ScriptCase(rules=("missing-zero-grad",)),
+    "eval_left_on_after_midepoch_val.py": ScriptCase(rules=("train-mode-not-restored",)),
+    "steplr_stepped_per_batch.py": ScriptCase(rules=("scheduler-step-frequency",)),
+    "softmax_in_forward.py": ScriptCase(rules=("softmax-before-cross-entropy",), allowed=("loss-plateau",)),
+    "l1_loss_shape_mismatch.py": ScriptCase(rules=("loss-shape-broadcast",), allowed=("loss-plateau",)),
+    "nan_rows_in_csv_features.py": ScriptCase(
+        rules=("nonfinite-inputs", "nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters")),
 }
 
 

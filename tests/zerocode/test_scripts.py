@@ -271,7 +271,119 @@ def check_healthy_lstm_seq_major_nll(run: Run) -> None:
     assert all(c["pred_max"] <= 0 for c in _loss_calls(run) if c["fn"] == "nll_loss")
 
 
+# ---- field test (docs/rules.md "Field test") ------------------------------------------------
+
+def check_healthy_finetune_frozen_backbone(run: Run) -> None:
+    assert len(run.steps) == 24 and all(s["samples"] == 24 for s in run.steps)
+    # the frozen backbone runs under no_grad in eval mode: not a model of its own, and its
+    # forwards do not count as evaluations
+    assert run.objects["models"] == [{"index": 0, "class": "Sequential"}]
+    assert [p["name"] for p in run.params] == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert run.calls_by_step()[23][-3:] == ["phase:val", "model0.eval", "model0.forward[EN]"]
+
+
+def check_healthy_simclr_two_views(run: Run) -> None:
+    assert len(run.steps) == 24 and len(run.objects["models"]) == 2
+    assert all(run.calls_by_step()[k] == ["model0.forward[TGB]", "model1.forward[TGB]"] * 2 +
+               ["opt0.zero_grad", "backward", "opt0.step", "sched0.step"] for k in range(24))
+    lrs = [s["lr"][0] for s in run.steps]
+    assert lrs[0] == 0.1 and lrs[-1] < 1e-3  # the cosine, stepped per batch, ran to its end
+    assert {p["name"].split(".")[0] for p in run.params} == {"model0", "model1"}
+
+
+def check_healthy_seq2seq_gru_packed(run: Run) -> None:
+    assert len(run.steps) == 30 and all(s["clip_max"] == 5.0 for s in run.steps)
+    rnn = run.kind("rnn_call")
+    assert any(r.get("packed") for r in rnn)  # the encoder's PackedSequence is not judged by shape
+    assert all(r["batch_first"] for r in rnn)
+
+
+def check_healthy_trainer_callbacks_ema(run: Run) -> None:
+    printed = _printed(run, r"val\(ema\) ([0-9.]+)$")
+    assert len(printed) == 6 and "early stopping at epoch 5" in run.stdout
+    assert len(run.steps) == 60  # 6 of the 30 configured epochs
+    metrics = [m["metrics"]["scheduler_metric"] for m in run.kind("metrics")]
+    assert metrics == pytest.approx(printed, abs=1e-3)
+    assert run.calls.count("sched0.step") == 6
+
+
+def check_healthy_regression_accum_bf16(run: Run) -> None:
+    assert len(run.steps) == 24
+    assert all(s["micro_batches"] == 4 and s["samples"] == 128 for s in run.steps)
+    assert run.calls.count("sched0.step") == 24
+    assert {(c["fn"], tuple(c["input_shape"]), tuple(c["target_shape"])) for c in _loss_calls(run)
+            if c["fn"] == "mse_loss"} == {("mse_loss", (32, 1), (32, 1))}
+
+
+def check_healthy_wgan_gp_critic(run: Run) -> None:
+    from diagnose.rules.loop._callindex import CallIndex
+    from diagnose.rundir.reader import read_run
+
+    assert len(run.steps) == 72 and len(run.objects["optimizers"]) == 2
+    assert run.calls.count("model0.forward[TN]") == 60  # the generator sampled under no_grad
+    tables = read_run(run.path).first
+    calls = CallIndex.of(tables)
+    assert calls.feeds_training().sum() == 60 and not calls.evaluation_forwards().any()
+    # the critic's output bias: its gradient cancels exactly in D(fake).mean() - D(real).mean()
+    bias = next(p["index"] for p in run.params if p["name"] == "model1.4.bias")
+    table = ipc.open_stream(run.rank / "grad_norms.arrow").read_all().to_pandas()
+    assert (table[f"p{bias}"].dropna() == 0).all() and table[f"p{bias}"].notna().sum() >= 50
+
+
+def check_healthy_lstm_tbptt_lm(run: Run) -> None:
+    note = run.kind("no_optimizer_step")[0]  # SGD by hand: p.data.add_(p.grad, alpha=-lr)
+    assert note["optimizers"] == 0 and note["backward_calls"] == 40
+    assert all(r["input_shape"][1] == 8 for r in run.kind("rnn_call"))  # (seq, batch) columns
+
+
+def check_zero_grad_in_one_branch(run: Run) -> None:
+    assert len(run.steps) == 30 and run.calls.count("opt0.zero_grad") == 15
+    by_step = run.calls_by_step()
+    assert by_step[0][0] == "opt0.zero_grad" and "opt0.zero_grad" not in by_step[1]
+
+
+def check_eval_left_on_after_midepoch_val(run: Run) -> None:
+    assert len(run.steps) == 50
+    by_step = run.calls_by_step()
+    assert by_step[9][-4:] == ["phase:val", "model0.eval"] + ["model0.forward[EN]"] * 2
+    assert "model0.forward[EGB]" in by_step[10] and "model0.forward[TGB]" in by_step[25]
+
+
+def check_steplr_stepped_per_batch(run: Run) -> None:
+    assert len(run.steps) == 60 and run.calls.count("sched0.step") == 60
+    lrs = [s["lr"][0] for s in run.steps]
+    assert lrs[0] == 0.05 and lrs[-1] < 1e-20
+
+
+def check_softmax_in_forward(run: Run) -> None:
+    calls = _loss_calls(run)
+    assert calls and all(c["fn"] == "cross_entropy" and c["row_sum_err"] < 1e-5 for c in calls)
+
+
+def check_l1_loss_shape_mismatch(run: Run) -> None:
+    assert {(c["fn"], tuple(c["input_shape"]), tuple(c["target_shape"])) for c in _loss_calls(run)} == \
+        {("l1_loss", (64, 1), (64,))}
+
+
+def check_nan_rows_in_csv_features(run: Run) -> None:
+    # no DataLoader: the model's input is checked instead (rows 203 and 317, batches of 25)
+    bad = run.kind("nonfinite_input")
+    assert [b["step"] for b in bad] == [8, 12, 24, 28]
+    assert bad[0]["tensors"] == [{"path": "model0.input[0]", "nan": True, "posinf": False,
+                                  "neginf": False, "max": None}]
+
+
 CHECKS = {name: globals()[f"check_{name[:-3]}"] for name in SCRIPTS}
+
+
+def _alarms(run: Run) -> set[str]:
+    """Rules with a finding at warning or error on the recorded run."""
+    from diagnose.rules import run_rules
+    from diagnose.rules._base import Severity
+    from diagnose.rundir.reader import read_run
+
+    findings, _ = run_rules(read_run(run.path))
+    return {f.rule for f in findings if f.severity >= Severity.WARNING}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -285,6 +397,10 @@ def test_script_recorded(name, tmp_path):
     start = run.meta[0]
     assert start["config"]["zero_code"]["script"].endswith(name)
     CHECKS[name](run)
+    # what a report says: the script's rules, perhaps the allowed consequences, nothing else
+    alarms = _alarms(run)
+    assert set(case.rules) <= alarms, f"missed: {set(case.rules) - alarms}"
+    assert alarms <= set(case.rules) | set(case.allowed), f"false alarms: {alarms - set(case.rules) - set(case.allowed)}"
 
 
 def test_every_script_is_indexed_and_plain():
