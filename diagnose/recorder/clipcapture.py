@@ -30,6 +30,17 @@ class ClipNorms:
     norms: list[torch.Tensor] = field(default_factory=list)
     stacked: torch.Tensor | None = None
     clean: bool = True
+    versions: list[int] | None = None
+    """The gradients' in-place version counters after the clip: if one changed before the
+    optimizer step (zeroed or scaled in place), the norms are stale and not used."""
+
+    def seal(self) -> None:
+        """Note the gradients' versions now (the clip has returned and scaled them)."""
+        self.versions = [g._version for g in self.grads]
+
+    def unchanged(self) -> bool:
+        """Whether no gradient was modified in place since `seal`."""
+        return self.versions is not None and [g._version for g in self.grads] == self.versions
 
     def vector(self) -> torch.Tensor | None:
         """The norms as one float32 vector (the clip's own stack when it was seen)."""

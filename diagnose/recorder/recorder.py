@@ -523,6 +523,8 @@ class Recorder:
             cur.clip_capture = False
             return
         scaled = not self._unscaled and any(s.is_enabled() for s in self.scalers)
+        if not scaled:
+            norms.seal()
         cur.clip_capture = False if scaled else norms
 
     def _norms_from_clip(self, scale: torch.Tensor | None) -> tuple | None:
@@ -531,7 +533,7 @@ class Recorder:
         if not capture or scale is not None:
             return None
         vector = capture.vector()
-        if vector is None:
+        if vector is None or not capture.unchanged():  # zeroed/scaled in place after the clip
             return None
         grads = [p.grad for p in self.params]
         present = [i for i, g in enumerate(grads) if g is not None]

@@ -33,7 +33,7 @@ def _model() -> nn.Module:
 
 
 def _loop(run_dir, *, max_norm=0.05, scaler=False, clip_first=False, subset=False,
-          foreach=None, steps=6, freeze_first=False, two_clips=False):
+          foreach=None, steps=6, freeze_first=False, two_clips=False, zero_after_clip=False):
     torch.manual_seed(0)
     model = _model()
     if freeze_first:
@@ -62,6 +62,8 @@ def _loop(run_dir, *, max_norm=0.05, scaler=False, clip_first=False, subset=Fals
                     torch.nn.utils.clip_grad_norm_(model[0].parameters(), max_norm)
                     clipped = list(model[2].parameters()) + list(model[4].parameters())
                 torch.nn.utils.clip_grad_norm_(clipped, max_norm, foreach=foreach)
+                if zero_after_clip:  # the zero-grad-before-step bug, zeroing in place
+                    opt.zero_grad(set_to_none=False)
                 opt.step()
     return read_run(run_dir).first.grad_norms
 
@@ -101,6 +103,7 @@ def _own_norm_calls(monkeypatch) -> list[int]:
     ({"max_norm": 0.05, "subset": True}, False),       # the clip sees only some gradients
     ({"max_norm": 0.05, "foreach": False}, False),     # no foreach norms to reuse
     ({"max_norm": 0.05, "two_clips": True}, False),    # no single set of norms
+    ({"max_norm": 0.05, "zero_after_clip": True}, False),  # stale: zeroed in place after the clip
 ])
 def test_norms_from_the_clip_equal_the_recorders_own(tmp_path, monkeypatch, kwargs, reused):
     with _capture_off():
@@ -111,11 +114,13 @@ def test_norms_from_the_clip_equal_the_recorders_own(tmp_path, monkeypatch, kwar
     assert list(got.index) == list(own.index) and len(got) == 6
     assert list(got.columns) == list(own.columns)
     np.testing.assert_allclose(got.to_numpy(), own.to_numpy(), rtol=2e-5, equal_nan=True)
+    if kwargs.get("zero_after_clip"):
+        assert (got.to_numpy() == 0).all()  # what the optimizer stepped with
     if kwargs.get("freeze_first"):
         assert got.iloc[:, :2].isna().all().all()  # no gradient, no norm
     if kwargs["max_norm"] < 1:  # post-clip norms: the total is the clip threshold
         total = np.sqrt(np.nansum(got.to_numpy(dtype=np.float64) ** 2, axis=1))
-        if not any(kwargs.get(k) for k in ("subset", "clip_first", "two_clips")):
+        if not any(kwargs.get(k) for k in ("subset", "clip_first", "two_clips", "zero_after_clip")):
             np.testing.assert_allclose(total, kwargs["max_norm"], rtol=1e-4)
 
 
