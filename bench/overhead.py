@@ -294,12 +294,19 @@ def main() -> None:
     parser.add_argument("--variants", default="bare,loss-item,diagnose,diagnose-zerocode,"
                         "lightning-grad-norm,norm-item,grad-histograms,profiler")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall",
+                        help="process: CPU time of this process (all its threads, the recorder's "
+                             "writer included), for CPU runs on a machine other processes load")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
     parser.add_argument("--host-profile", metavar="VARIANT",
                         help="instead of the benchmark: the host time per step (no sync inside "
                              "the timed steps) bare and under VARIANT, and a cProfile of VARIANT")
     args = parser.parse_args()
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available())
                           else ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "process" else time.perf_counter
     setup = build(args.model, device, args.batch, args.seq)
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(setup.model.parameters(), lr=1e-4, **fused)
@@ -321,11 +328,11 @@ def main() -> None:
                     for _ in range(args.warmup):
                         step(after)
                     sync(device)
-                    start = time.perf_counter()
+                    start = clock()
                     for _ in range(args.steps):
                         step(after)
                     sync(device)
-                    times[name].append((time.perf_counter() - start) / args.steps)
+                    times[name].append((clock() - start) / args.steps)
             except (ImportError, ModuleNotFoundError, AttributeError) as exc:
                 print(f"skipping {name}: {exc}")
                 variants.remove(name)
@@ -344,7 +351,8 @@ def main() -> None:
                      "paired": statistics.median(paired), "paired_q1": q1, "paired_q3": q3})
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     print(f"\n{args.model} batch={args.batch} seq={args.seq} on {name}, torch {torch.__version__}, "
-          f"{args.rounds} rounds x {args.steps} steps, {os.cpu_count()} CPUs")
+          f"{args.rounds} rounds x {args.steps} steps, {os.cpu_count()} CPUs, {args.clock} clock, "
+          f"{torch.get_num_threads()} torch threads")
     print("| variant | median step (ms) | ratio to bare | spread (min–max ratio) "
           "| paired ratio: median [q1–q3] |")
     print("| --- | --- | --- | --- | --- |")
