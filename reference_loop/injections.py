@@ -200,7 +200,8 @@ _ALL = [
         f"The parameters of one hidden layer (`model.probe`) get their own param group with "
         f"{THRASH_LR_FACTOR:g}x the LR (30 for AdamW at the default 3e-3): every step rewrites "
         "a large part of that layer (update/weight ratio ~0.1-1 instead of ~1e-3), which "
-        "thrashes instead of learning."),
+        "thrashes instead of learning; its growing weights also make the gradient norm grow.",
+        also=("gradient-explosion",)),
     Injection(
         "softmax-before-cross-entropy",
         "The logits go through softmax before F.cross_entropy (which applies log-softmax "

@@ -9,7 +9,9 @@ relative to the weights, ‖Δw‖/‖w‖, on the sampled steps (`param_every`,
   rate is at least 1% of its peak and the layer got gradients: the layer keeps its
   initial weights while the run goes on (an LR of 1e-9 for one param group, or for all).
 
-Not judged (normal training): steps a GradScaler skipped; layers whose group LR is 0 on a
+Not judged (normal training): steps a GradScaler skipped, and steps that changed no weight
+at all (every gradient cleared before the step: `zero-grad-before-step`); parameters in no
+optimizer (`params-not-updated`); layers whose group LR is 0 on a
 step (`zero-lr-steps` covers it) or below 1% of that group's largest LR in the run (a
 warm-up from 0, the tail of a cosine schedule, ReduceLROnPlateau's cuts); layers with no
 gradient on a step (frozen, unused; `params-not-updated`, `dead-units` cover those);
@@ -120,6 +122,9 @@ def layer_ratios(run: RunTables) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
         steps = steps[~skipped.to_numpy()]
     columns = [c for c in upd.columns  # trainable parameters (the others are never copied: NaN)
                if c in weights.columns and c in run.params.index and upd[c].notna().any()]
+    if run.objects.get("optimizers") and "optimizer" in run.params.columns:
+        # in no optimizer: never updated, `params-not-updated` reports it
+        columns = [c for c in columns if pd.notna(run.params.loc[c, "optimizer"])]
     if steps.empty or not columns:
         return pd.DataFrame(index=steps), pd.DataFrame(index=steps), pd.DataFrame(index=steps)
     delta = upd.loc[steps, columns].to_numpy(dtype=float)
@@ -140,6 +145,10 @@ def layer_ratios(run: RunTables) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
         at = lr.reindex(steps).to_numpy(dtype=float)
         lr_ok[:, j] = np.isfinite(at) & (at > 0) & (at >= LOW_LR_FRACTION * peak)
         lr_full[:, j] = np.isfinite(at) & (at > 0) & (at >= FULL_LR_FRACTION * peak)
+    # A step that changed no weight at all took no update (every gradient cleared before it,
+    # a skip, LR 0): `zero-grad-before-step`, `zero-lr-steps`, the GradScaler's business.
+    stepped = (np.where(usable, delta, 0.0) > 0).any(1)
+    usable &= stepped[:, None]
     names = run.params.loc[columns, "name"].astype(str).map(_layer_of).to_numpy()
     layers = list(dict.fromkeys(names))
     ratios = np.full((len(steps), len(layers)), np.nan)
@@ -153,7 +162,7 @@ def layer_ratios(run: RunTables) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios[:, k] = np.where(w2 > 0, np.sqrt(d2) / np.sqrt(w2), np.nan)
         eligible[:, k] = (use & lr_ok[:, cols] & has_grad[:, cols]).all(1) & (w2 > 0)
-        full[:, k] = lr_full[:, cols].all(1) & (w2 > 0)
+        full[:, k] = (use & lr_full[:, cols]).all(1) & (w2 > 0)
     return (pd.DataFrame(ratios, index=steps, columns=layers),
             pd.DataFrame(eligible, index=steps, columns=layers),
             pd.DataFrame(full, index=steps, columns=layers))
