@@ -336,6 +336,37 @@ def check_healthy_lstm_tbptt_lm(run: Run) -> None:
     assert all(r["input_shape"][1] == 8 for r in run.kind("rnn_call"))  # (seq, batch) columns
 
 
+def check_healthy_hf_style_kwargs_tied(run: Run) -> None:
+    assert len(run.steps) == 24
+    by_step = run.calls_by_step()
+    # zero_grad(set_to_none=True) after the step opens the next one, before the validation
+    assert by_step[8][:6] == ["opt0.zero_grad", "phase:val", "model0.eval", "model0.forward[EN]",
+                              "phase:train", "model0.train"]
+    # activation checkpointing re-runs the blocks in backward: still one forward per step
+    assert all(by_step[k].count("model0.forward[TGB]") == 1 for k in range(24))
+    names = [p["name"] for p in run.params]
+    assert "wte.weight" in names and "lm_head.weight" not in names  # tied: one tensor
+    assert all(len(s["lr"]) == 2 for s in run.steps)
+    # called with keyword arguments only: the zero-code mode's global forward hook sees no
+    # positional input, so samples are not counted (docs/rules.md, field test)
+    assert all(s["samples"] == 0 for s in run.steps)
+
+
+def check_healthy_sparse_embedding_mf(run: Run) -> None:
+    assert len(run.steps) == 60 and len(run.objects["optimizers"]) == 2
+    assert [p["optimizer"] for p in run.params] == [0, 0, 1, 1, 1, 1]
+    table = ipc.open_stream(run.rank / "grad_norms.arrow").read_all().to_pandas()
+    assert (table["p0"] > 0).all()  # the sparse embedding gradients are measured
+
+
+def check_healthy_swa_float64(run: Run) -> None:
+    assert len(run.steps) == 72
+    assert [s["class"] for s in run.objects["schedulers"]] == ["CosineAnnealingLR", "SWALR"]
+    assert run.params[0]["dtype"] == "float64"
+    assert min(s["lr"][0] for s in run.steps) > 0  # T_max=6: the cosine never reaches 0
+    assert run.calls_by_step()[71][-1] == "sched1.step"
+
+
 def check_zero_grad_in_one_branch(run: Run) -> None:
     assert len(run.steps) == 30 and run.calls.count("opt0.zero_grad") == 15
     by_step = run.calls_by_step()
