@@ -271,10 +271,14 @@ def _facts(report: Report) -> dict[str, str]:
     facts = {"Run directory": s.path, "Status": s.status_text}
     if s.error:
         facts["Error"] = value_text(s.error)
-    facts["Command"] = command_text(s.command)
-    facts["Device"] = str(s.device or "?") + (f" × {s.world_size} ranks" if s.world_size > 1 else "")
-    facts["Versions"] = ", ".join(f"{name} {versions.get(key) or 'none'}" for key, name in
-                                  (("python", "Python"), ("torch", "torch"), ("cuda", "CUDA")))
+    if meta.get("source") == "tensorboard":  # read from event files: no command, versions, device
+        logdir = (meta.get("tensorboard") or {}).get("logdir") if isinstance(meta.get("tensorboard"), dict) else None
+        facts["Source"] = f"TensorBoard event files in {logdir or s.path} (not recorded by diagnose)"
+    else:
+        facts["Command"] = command_text(s.command)
+        facts["Device"] = str(s.device or "?") + (f" × {s.world_size} ranks" if s.world_size > 1 else "")
+        facts["Versions"] = ", ".join(f"{name} {versions.get(key) or 'none'}" for key, name in
+                                      (("python", "Python"), ("torch", "torch"), ("cuda", "CUDA")))
     if s.started_at is not None:
         facts["Started"] = dt.datetime.fromtimestamp(s.started_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     facts["Duration"] = format_duration(s.duration_s)

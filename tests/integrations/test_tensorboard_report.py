@@ -166,3 +166,12 @@ def test_unreadable_event_file_is_one_line(tmp_path: Path) -> None:
     result = invoke("report", tmp_path)
     assert result.exit_code == 2 and "event files hold no scalar values" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_html_header_says_the_run_came_from_event_files(logs, tmp_path: Path) -> None:
+    out = tmp_path / "tb.html"
+    result = invoke("report", logs("plain"), "--html", out)
+    assert result.exit_code in (0, 1), result.output
+    page = out.read_text(encoding="utf-8")
+    assert "TensorBoard event files in" in page and "not recorded by diagnose" in page
+    assert "Python none" not in page  # no empty versions row for a log without them
