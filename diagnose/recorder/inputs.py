@@ -44,15 +44,21 @@ import torch
 MAX_TENSORS = 16
 """Floating-point tensors checked per batch (the first ones in the batch's order)."""
 MAX_DEPTH = 4
+MAX_ITEMS = 256
+"""Objects of a batch looked at, at most (tensors, containers and anything else)."""
 FORWARD_KEY = "forward"
 """The `key` of checks made on a model's forward inputs (not a loader's batches)."""
 
 
 def float_tensors(batch: Any, path: str = "batch", depth: int = 0,
-                  out: list | None = None) -> list[tuple[str, torch.Tensor]]:
-    """(path, tensor) of every non-empty floating-point tensor in `batch`, in order."""
+                  out: list | None = None, seen: list | None = None) -> list[tuple[str, torch.Tensor]]:
+    """(path, tensor) of every non-empty floating-point tensor in `batch`, in order (at most
+    `MAX_TENSORS`, looking at no more than `MAX_ITEMS` objects: a batch that carries a list
+    of 10,000 file names costs no more than a small one)."""
     out = [] if out is None else out
-    if len(out) >= MAX_TENSORS:
+    seen = [0] if seen is None else seen
+    seen[0] += 1
+    if len(out) >= MAX_TENSORS or seen[0] > MAX_ITEMS:
         return out
     if isinstance(batch, torch.Tensor):
         if batch.is_floating_point() and batch.numel() > 0:
@@ -72,8 +78,8 @@ def float_tensors(batch: Any, path: str = "batch", depth: int = 0,
     else:
         return out
     for sub_path, value in items:
-        float_tensors(value, sub_path, depth + 1, out)
-        if len(out) >= MAX_TENSORS:
+        float_tensors(value, sub_path, depth + 1, out, seen)
+        if len(out) >= MAX_TENSORS or seen[0] > MAX_ITEMS:
             break
     return out
 

@@ -118,3 +118,9 @@ def test_a_failing_check_switches_the_checks_off_not_the_recorder(tmp_path: Path
     run = _monitor_run(tmp_path, {4: "nan"})
     assert len(run.steps) == 12 and run.events_of("recorder_error").empty
     assert nonfinite_inputs.check(run) == []
+
+
+def test_a_batch_with_many_non_tensor_items_is_cut_short() -> None:
+    batch = {"names": [f"img{i}.png" for i in range(10_000)], "x": torch.zeros(2)}
+    assert inputs.float_tensors(batch) == []  # the budget ran out inside the names
+    assert [p for p, _ in inputs.float_tensors({"x": torch.zeros(2), "names": batch["names"]})] == ['batch["x"]']
