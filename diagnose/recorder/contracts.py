@@ -152,7 +152,10 @@ class ContractWatcher:
         record: dict[str, Any] = {
             "kind": schema.EVENT_LOSS_CALL, "step": step, "t_s": self.rec._now(), "fn": name,
             "input_shape": _shape(pred), "input_dtype": _dtype(pred),
-            "target_shape": _shape(target), "target_dtype": _dtype(target)}
+            "target_shape": _shape(target), "target_dtype": _dtype(target),
+            # the operation that made the prediction (host-side, no sync): `SigmoidBackward0`
+            # before binary_cross_entropy_with_logits is a sigmoid applied twice
+            "input_op": type(pred.grad_fn).__name__ if pred.grad_fn is not None else None}
         if name in CLASS_LOSSES and pred.is_floating_point() and pred.dim() >= 1 and pred.numel() > 0:
             record["classes"] = int(pred.shape[0 if pred.dim() == 1 else 1])
             if not _capturing(pred):

@@ -17,10 +17,11 @@ from diagnose.rundir import schema
 from diagnose.rundir._coerce import as_float, as_int
 
 LOSS_CALLS_COLUMNS = ("step", "fn", "input_shape", "input_dtype", "target_shape", "target_dtype",
-                      "classes", "pred_min", "pred_max", "row_sum_err")
+                      "classes", "pred_min", "pred_max", "row_sum_err", "input_op")
 """Columns of `RunTables.loss_calls`: one row per recorded loss call, in file order.
 Shapes are tuples of ints (None when not a tensor); `classes` and the three prediction
-statistics are only set for `cross_entropy` / `nll_loss` (NaN otherwise)."""
+statistics are only set for `cross_entropy` / `nll_loss` (NaN otherwise); `input_op` is
+the autograd node that made the prediction (`SigmoidBackward0`; None when not recorded)."""
 
 RNN_CALLS_COLUMNS = ("step", "module", "index", "name", "batch_first", "input_shape", "packed",
                      "loader_batch_size")
@@ -71,7 +72,8 @@ def loss_calls_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """The `loss_call` events as a table (see LOSS_CALLS_COLUMNS)."""
     rows = [(_int(r.get("step")), _str(r.get("fn")), _shape(r.get("input_shape")), _str(r.get("input_dtype")),
              _shape(r.get("target_shape")), _str(r.get("target_dtype")), _int(r.get("classes")),
-             _float(r.get("pred_min")), _float(r.get("pred_max")), _float(r.get("row_sum_err")))
+             _float(r.get("pred_min")), _float(r.get("pred_max")), _float(r.get("row_sum_err")),
+             _str(r.get("input_op")))
             for r in records if r.get("kind") == schema.EVENT_LOSS_CALL]
     rows = [row for row in rows if row[0] is not None and row[1] is not None]
     if not rows:

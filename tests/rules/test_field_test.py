@@ -231,3 +231,41 @@ def test_report_notes_training_without_an_optimizer(tmp_path: Path) -> None:
     report = build_report(run, *run_rules(run))
     [note] = [n for n in report.notes if n.startswith("no optimizer step")]
     assert "(5 backward calls)" in note and "torch.optim" in note
+
+
+# ---- softmax-before-cross-entropy: a sigmoid before BCEWithLogitsLoss ----------------------------
+
+def _binary_loop(run_dir: Path, head: nn.Module, loss_fn: nn.Module) -> None:
+    x, y = _blobs()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), head)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with Monitor(run_dir, model=model, optimizer=opt):
+        for i in range(0, 192, 32):
+            opt.zero_grad()
+            loss_fn(model(x[i:i + 32]), y[i:i + 32, None].float()).backward()
+            opt.step()
+
+
+def _near_unit_logits() -> nn.Module:
+    """A fresh head whose logits all lie in (0, 1) (bias 0.5, tiny weights), no sigmoid."""
+    head = nn.Linear(16, 1)
+    nn.init.normal_(head.weight, std=1e-3)
+    nn.init.constant_(head.bias, 0.5)
+    return head
+
+
+@pytest.mark.parametrize("head, loss_fn, fires", [
+    (lambda: nn.Sequential(nn.Linear(16, 1), nn.Sigmoid()), nn.BCEWithLogitsLoss, True),
+    (_near_unit_logits, nn.BCEWithLogitsLoss, False),  # logits in [0, 1] are still logits
+    (lambda: nn.Sequential(nn.Linear(16, 1), nn.Sigmoid()), nn.BCELoss, False),  # BCELoss takes probabilities
+], ids=["sigmoid-bce-with-logits", "small-logits", "sigmoid-bce"])
+def test_sigmoid_before_bce_with_logits(tmp_path: Path, head, loss_fn, fires: bool) -> None:
+    from diagnose.rules.data import softmax_before_cross_entropy
+
+    _binary_loop(tmp_path / "run", head(), loss_fn())
+    tables = read_run(tmp_path / "run").first
+    ops = set(tables.loss_calls["input_op"])
+    assert ops == ({"SigmoidBackward0"} if fires or loss_fn is nn.BCELoss else {"AddmmBackward0"})
+    findings = softmax_before_cross_entropy.check(tables)
+    assert [f.evidence["function"] for f in findings] == (["binary_cross_entropy_with_logits"] if fires else [])

@@ -84,6 +84,8 @@ SCRIPTS: dict[str, ScriptCase] = {
     "steplr_stepped_per_batch.py": ScriptCase(rules=("scheduler-step-frequency",)),
     "softmax_in_forward.py": ScriptCase(rules=("softmax-before-cross-entropy",), allowed=("loss-plateau",)),
     "l1_loss_shape_mismatch.py": ScriptCase(rules=("loss-shape-broadcast",), allowed=("loss-plateau",)),
+    "sigmoid_before_bce_with_logits.py": ScriptCase(rules=("softmax-before-cross-entropy",),
+                                                    allowed=("loss-plateau",)),
     "nan_rows_in_csv_features.py": ScriptCase(
         rules=("nonfinite-inputs", "nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters")),
 }

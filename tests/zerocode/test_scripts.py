@@ -396,6 +396,12 @@ def check_l1_loss_shape_mismatch(run: Run) -> None:
         {("l1_loss", (64, 1), (64,))}
 
 
+def check_sigmoid_before_bce_with_logits(run: Run) -> None:
+    calls = _loss_calls(run)
+    assert {(c["fn"], c["input_op"]) for c in calls} == {("binary_cross_entropy_with_logits", "SigmoidBackward0")}
+    assert sorted(c["step"] for c in calls) == [0, 1, 2, 3, 4]
+
+
 def check_nan_rows_in_csv_features(run: Run) -> None:
     # no DataLoader: the model's input is checked instead (rows 203 and 317, batches of 25)
     bad = run.kind("nonfinite_input")
