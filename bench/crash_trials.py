@@ -1,6 +1,7 @@
 """Crash safety: kill `diagnose run` at random points and check what the run directory keeps.
 
-Each trial starts the reference loop (a tiny config: ~1 ms steps) as a subprocess, waits
+Each trial starts `diagnose run` as a subprocess, on the reference loop (a tiny config: ~1 ms
+steps) or, in the zero-code mode, on the plain script bench/crash_script.py (`--mode`), waits
 for a point in the run to show on disk (`POINTS`: the first step flushed, or the first or
 third epoch's checkpoint written), sleeps a random time (fixed seed), sends a signal and
 checks the directory with `read_run`:
@@ -55,19 +56,26 @@ class Trial:
     delay_s: float
     point: str = "first-step"
     steps: int = 0
-    lost_s: float = 0.0
+    lost_s: float | None = 0.0
+    """Kill time minus the wall time of the last step on disk; None with no step on disk."""
     lost_records: int = 0
     failure: str | None = None
 
 
-def start_run(out: Path, config: Path) -> subprocess.Popen:
+def start_run(out: Path, config: Path, mode: str = "reference") -> subprocess.Popen:
+    """`diagnose run` of the reference loop (`mode="reference"`) or, in the zero-code mode,
+    of the plain script bench/crash_script.py (`mode="script"`, checkpoints in
+    OUT/checkpoints like the reference loop's)."""
     # SIGINT as in a terminal even when this script was started in the background: a
     # non-interactive shell's `cmd &` ignores SIGINT, the child inherits that, and Python
     # then installs no KeyboardInterrupt handler (every SIGINT trial would read as "lost").
     launcher = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
                 "sys.argv[0] = 'diagnose'; runpy.run_module('diagnose.cli', run_name='__main__')")
-    cmd = [sys.executable, "-c", launcher, "run", "--out", str(out), "--config", str(config),
-           "--steps", "1000000", "--no-report"]
+    cmd = [sys.executable, "-c", launcher, "run", "--out", str(out), "--no-report"]
+    if mode == "script":
+        cmd += [str(ROOT / "bench" / "crash_script.py"), "--", "--ckpt", str(out / "checkpoints")]
+    else:
+        cmd += ["--config", str(config), "--steps", "1000000"]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(_stderr_file(out), "wb") as stderr:  # kept: "Exception ignored in ..." tells where
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -88,16 +96,17 @@ def _wait_for(proc: subprocess.Popen, path: Path, limit_s: float = 120.0) -> boo
 
 
 def run_trial(workdir: Path, seed: int, sig: signal.Signals, max_delay_s: float = 2.0,
-              point: str = "first-step") -> Trial:
+              point: str = "first-step", mode: str = "reference") -> Trial:
     """One trial; `Trial.failure` says what broke (None: all checks held)."""
     from diagnose.rundir.reader import RunDirError, read_run
 
     rng = random.Random(seed)
     trial = Trial(seed=seed, sig=sig.name, delay_s=round(rng.uniform(0.0, max_delay_s), 3), point=point)
-    out = workdir / f"trial{seed}-{sig.name}-{point}"
+    out = workdir / f"trial{seed}-{sig.name}-{point}" if mode == "reference" else \
+        workdir / f"trial{seed}-{sig.name}-{point}-{mode}"
     config = workdir / "tiny.toml"
     config.write_text(TINY_CONFIG)
-    proc = start_run(out, config)
+    proc = start_run(out, config, mode)
     try:
         if not _wait_for(proc, out / POINTS[point]):
             trial.failure = f"run did not reach {point} (exit {proc.poll()})"
@@ -137,10 +146,13 @@ def run_trial(workdir: Path, seed: int, sig: signal.Signals, max_delay_s: float 
         if status != "crashed":
             trial.failure = f"status {status!r}, expected 'crashed'"
             return trial
+        if not steps:  # killed before steps.jsonl's first flush: the time since the start
+            trial.lost_s = None  # counts the start-up too, not a measure of what was lost
+            return trial
         started = tables.meta.get("started_at", sent_at)
-        last = started + float(tables.steps["t_s"].iloc[-1]) if steps else started
+        last = started + float(tables.steps["t_s"].iloc[-1])
         trial.lost_s = round(max(sent_at - last, 0.0), 3)
-        step_s = float(tables.steps["step_time_s"].median()) if steps else 0.0
+        step_s = float(tables.steps["step_time_s"].median())
         trial.lost_records = int(trial.lost_s / step_s) if step_s > 0 else 0
         return trial
     last_status = _last_status(out / "rank0" / "meta.jsonl")
@@ -177,6 +189,8 @@ def main() -> int:
                         help="SIGTERM and SIGINT trials, each (default: one per 10 SIGKILL trials).")
     parser.add_argument("--max-delay", type=float, default=3.0, help="Longest random wait before the signal, s.")
     parser.add_argument("--jobs", type=int, default=1, help="Trials run side by side.")
+    parser.add_argument("--mode", choices=("reference", "script", "both"), default="both",
+                        help="The reference loop, the zero-code mode on bench/crash_script.py, or alternating.")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/diagnose-crash-trials"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -187,21 +201,26 @@ def main() -> int:
              for s in (signal.SIGTERM, signal.SIGINT)]
     trials = []
 
+    def mode_of(seed: int) -> str:
+        return args.mode if args.mode != "both" else ("reference", "script")[seed % 2]
+
     def one(entry: tuple) -> Trial:
-        return run_trial(args.workdir, entry[0], entry[1], args.max_delay, entry[2])
+        return run_trial(args.workdir, entry[0], entry[1], args.max_delay, entry[2], mode_of(entry[0]))
 
     with ThreadPoolExecutor(args.jobs) as pool:
         done = list(pool.map(one, plan))
     for (seed, sig, point), trial in zip(plan, done):
         trials.append(trial)
-        print(f"{trial.sig:8s} seed {seed:4d} {point:16s} delay {trial.delay_s:5.2f}s steps {trial.steps:6d} "
-              f"lost {trial.lost_s:5.3f}s ~{trial.lost_records} records  {trial.failure or 'ok'}", flush=True)
-    kills = [t for t in trials if t.sig == "SIGKILL" and t.failure is None]
+        print(f"{trial.sig:8s} seed {seed:4d} {mode_of(seed):9s} {point:16s} delay {trial.delay_s:5.2f}s steps {trial.steps:6d} "
+              f"lost {'  n/a' if trial.lost_s is None else f'{trial.lost_s:5.3f}'}s ~{trial.lost_records} records  "
+              f"{trial.failure or 'ok'}", flush=True)
+    kills = [t for t in trials if t.sig == "SIGKILL" and t.failure is None and t.lost_s is not None]
     failures = [t for t in trials if t.failure]
     print(f"\ntrials: {len(trials)} ({sum(t.sig == 'SIGKILL' for t in trials)} SIGKILL, "
           f"{sum(t.sig != 'SIGKILL' for t in trials)} SIGTERM/SIGINT)")
     if kills:
-        print(f"SIGKILL: max lost {max(t.lost_s for t in kills):.3f} s (flush interval {FLUSH_INTERVAL_S} s), "
+        print(f"SIGKILL with steps on disk: {len(kills)}, max lost {max(t.lost_s for t in kills):.3f} s "
+              f"(flush interval {FLUSH_INTERVAL_S} s), "
               f"max ~{max(t.lost_records for t in kills)} records, "
               f"over the interval: {sum(t.lost_s > FLUSH_INTERVAL_S + 0.25 for t in kills)}")
     print(f"failures: {len(failures)}")
