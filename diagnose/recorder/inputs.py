@@ -27,10 +27,11 @@ Loops without a watched loader (batches sliced by hand from an in-memory tensor,
 `x[i:i + 32]`, a generator of tensors) are covered by the model instead: until a watched
 loader has yielded a training batch, the positional tensor arguments of each training
 forward of a watched model (autograd on, training mode) that do not require grad are
-checked the same way, named `model0.input[0]`. Tensors that require grad are the output
-of another model (a GAN's discriminator fed the generator's samples): a NaN there is the
-upstream model's, not the data's, so they are skipped; so are keyword arguments (the
-forward pre-hook does not see them).
+checked the same way, named `model0.input[0]` (`model0.input["pixel_values"]` for a
+keyword argument, as `Monitor` sees them). Tensors that require grad are the output of
+another model (a GAN's discriminator fed the generator's samples): a NaN there is the
+upstream model's, not the data's, so they are skipped. The zero-code mode's global forward
+hook gets no keyword arguments: there, only positional ones are checked.
 """
 from __future__ import annotations
 
@@ -123,14 +124,16 @@ class InputChecks:
         except Exception as exc:  # noqa: BLE001 - the checks are optional, the record is not
             self.failed = f"{type(exc).__name__}: {exc}"[:500]
 
-    def add_forward_inputs(self, name: str, args: tuple) -> None:
+    def add_forward_inputs(self, name: str, args: tuple, kwargs: dict | None = None) -> None:
         """Check the data tensors passed to a training forward of model `name`, when no
         watched loader delivers the batches (see the module docstring)."""
         if self.failed is not None or self.loader_batches:
             return
         try:
-            found = [(path, t) for path, t in float_tensors(args, f"{name}.input")
-                     if not t.requires_grad]
+            found = float_tensors(args, f"{name}.input")
+            if kwargs:
+                found += float_tensors(kwargs, f"{name}.input", out=[])[:MAX_TENSORS - len(found)]
+            found = [(path, t) for path, t in found if not t.requires_grad]
             self._add(found, FORWARD_KEY)
         except Exception as exc:  # noqa: BLE001 - the checks are optional, the record is not
             self.failed = f"{type(exc).__name__}: {exc}"[:500]

@@ -193,8 +193,9 @@ class Recorder:
         index = len(self.models)
         self.models.append(model)
         name = f"model{index}"
-        self.patches.handle(model.register_forward_pre_hook(
-            hooks.Callback(lambda mod, args, i=index: self._safe(self.on_forward_pre, i, mod, args))))
+        self.patches.handle(model.register_forward_pre_hook(  # keywords too: model(**batch)
+            hooks.Callback(lambda mod, args, kwargs, i=index: self._safe(self.on_forward_pre, i, mod, args, kwargs)),
+            with_kwargs=True))
         self.patches.handle(model.register_forward_hook(
             hooks.Callback(lambda mod, args, out, i=index: self._safe(self.on_forward, i, out))))
 
@@ -412,18 +413,19 @@ class Recorder:
         self._open_if_stepped()
         self._token(f"{owner}.zero_grad")
 
-    def on_forward_pre(self, index: int, module: torch.nn.Module, args: tuple) -> None:
+    def on_forward_pre(self, index: int, module: torch.nn.Module, args: tuple,
+                       kwargs: dict | None = None) -> None:
         training = module.training
         grad = torch.is_grad_enabled()
         if training and grad:
             self._open_if_stepped()
         self._last_forward = self._token(f"model{index}.forward", forward_flags(training))
         if training and grad and index == 0:
-            samples, tokens = batch_size(args)
+            samples, tokens = batch_size(args if args or not kwargs else kwargs)
             self._cur.samples += samples
             self._cur.tokens += tokens
         if training and grad:  # no watched loader: check the data the model is given
-            self.inputs.add_forward_inputs(f"model{index}", args)
+            self.inputs.add_forward_inputs(f"model{index}", args, kwargs)
 
     def on_forward(self, index: int, output: Any) -> None:
         if not torch.is_grad_enabled():

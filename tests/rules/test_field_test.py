@@ -269,3 +269,37 @@ def test_sigmoid_before_bce_with_logits(tmp_path: Path, head, loss_fn, fires: bo
     assert ops == ({"SigmoidBackward0"} if fires or loss_fn is nn.BCELoss else {"AddmmBackward0"})
     findings = softmax_before_cross_entropy.check(tables)
     assert [f.evidence["function"] for f in findings] == (["binary_cross_entropy_with_logits"] if fires else [])
+
+
+# ---- Monitor: a model called with keyword arguments only -----------------------------------------
+
+class _KwargsModel(nn.Module):
+    """Hugging Face style: `model(input_ids=..., features=..., labels=...)` returns the loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(10, 4), nn.Linear(6, 2)
+
+    def forward(self, input_ids=None, features=None, labels=None):
+        logits = self.head(torch.cat([self.embed(input_ids).mean(1), features], 1))
+        return {"loss": F.cross_entropy(logits, labels)}
+
+
+def test_monitor_sees_keyword_arguments(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _KwargsModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(tmp_path / "run", model=model, optimizer=opt):
+        for step in range(6):
+            features = torch.randn(8, 2)
+            if step == 4:
+                features[1, 0] = float("inf")
+            out = model(input_ids=torch.randint(0, 10, (8, 5)), features=features,
+                        labels=torch.randint(0, 2, (8,)))
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+    tables = read_run(tmp_path / "run").first
+    assert (tables.steps["samples"] == 8).all() and (tables.steps["tokens"] == 40).all()
+    [finding] = nonfinite_inputs.check(tables)
+    assert finding.evidence["first_step"] == 4 and finding.evidence["tensor"] == 'model0.input["features"]'
