@@ -5,7 +5,10 @@ Training batches whose floating-point tensors hold NaN, +Inf or -Inf (`nonfinite
 events: the recorder checks every batch a watched loader yields with autograd on:
 `Monitor.loader`, the zero-code mode's DataLoader wrapper, the reference loop). The
 finding names the first step, the tensor by its path in the batch (`batch[0]`,
-`batch["image"]`), what it held, and how many steps had bad inputs.
+`batch["image"]`), what it held, and how many steps had bad inputs. A loop without a
+watched loader (batches sliced by hand) is covered through its model: the data tensors
+of each training forward are checked the same way and named `model0.input[0]`
+(diagnose/recorder/inputs.py).
 
 Not flagged:
 - integer and bool tensors (token ids, labels, boolean masks): they cannot hold NaN;
