@@ -12,7 +12,9 @@ checks the directory with `read_run`:
   divided by the median step time.
 - SIGTERM, SIGINT: status `interrupted` (meta.jsonl's last status line), the status line's
   `steps` equals the step records on disk, or one fewer (the step the signal cut short
-  has its record too: a clean flush), steps 0..k with no gap.
+  has its record too: a clean flush), steps 0..k with no gap; the reference loop also
+  leaves checkpoints/interrupted.pt (reference_loop/stop.py), loadable with
+  weights_only=True, holding exactly the status line's `steps`.
 
     python bench/crash_trials.py --trials 60        # prints the figures, exit 1 on a failure
 
@@ -161,7 +163,25 @@ def run_trial(workdir: Path, seed: int, sig: signal.Signals, max_delay_s: float 
     elif isinstance(last_status.get("steps"), int) and len(steps) not in (last_status["steps"], last_status["steps"] + 1):
         # a clean flush: every finished step is on disk (+1: the step the signal cut short)
         trial.failure = f"status says {last_status.get('steps')} steps, steps.jsonl holds {len(steps)}"
+    elif mode == "reference":
+        trial.failure = _check_interrupted_checkpoint(out / "checkpoints" / "interrupted.pt", last_status)
     return trial
+
+
+def _check_interrupted_checkpoint(path: Path, last_status: dict) -> str | None:
+    """The reference loop stops at a step boundary and leaves checkpoints/interrupted.pt,
+    loadable with weights_only=True, of exactly the steps the run made."""
+    from reference_loop import checkpoint
+
+    if not path.is_file():
+        return f"no {path.name} after the signal"
+    try:
+        state = checkpoint.load(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+        return f"{path.name} does not load: {type(exc).__name__}: {exc}"
+    if state.get("step") != last_status.get("steps"):
+        return f"{path.name} holds step {state.get('step')}, the run made {last_status.get('steps')}"
+    return None
 
 
 def _last_status(meta: Path) -> dict:

@@ -138,7 +138,8 @@ class CheckpointManager:
         return written
 
     def clear(self) -> None:
-        """Delete every epoch checkpoint and best.pt (a fresh run in a used directory)."""
-        for path in self.kept() + [self.best_path]:
+        """Delete every epoch checkpoint, best.pt and interrupted.pt (a fresh run in a used
+        directory)."""
+        for path in self.kept() + [self.best_path, self.directory / "interrupted.pt"]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -38,6 +38,7 @@ from reference_loop.builder import Built, build, resolve_amp, resolve_device, se
 from reference_loop.checkpoint import CheckpointManager
 from reference_loop.config import TrainConfig
 from reference_loop.ema import EMA
+from reference_loop.stop import INTERRUPTED_NAME, GracefulStop
 from reference_loop.progress import StepProgress
 
 __all__ = ["Built", "TrainResult", "build", "evaluate", "resolve_amp", "resolve_device",
@@ -287,7 +288,14 @@ def _train(cfg: TrainConfig, inj: frozenset[str], run_dir: Path, *, progress: bo
             lambda module, args, out: leaked.append(out) if torch.is_grad_enabled() else None)
     bar = StepProgress(b.total_steps, enabled=progress and main, file=progress_file, every=cfg.log_every,
                        start_step=st.step)
-    with open_monitor(cfg, run_dir, b, overwrite=overwrite, recorder_options=recorder_options) as mon, bar:
+    stop = GracefulStop(enabled=not b.ranks.distributed)  # Ctrl-C/SIGTERM: at a step boundary
+
+    def save_interrupted() -> None:  # what stop.check() writes before it raises
+        if ckpts is not None and main and "checkpoint-incomplete" not in inj:
+            state = _checkpoint_state(cfg, b, ema, st)
+            mon.log_checkpoint(checkpoint.atomic_save(state, ckpts.directory / INTERRUPTED_NAME), keys=list(state))
+
+    with open_monitor(cfg, run_dir, b, overwrite=overwrite, recorder_options=recorder_options) as mon, bar, stop:
         if b.amp == "fp16" and device.type == "cpu":
             bar.print("note: fp16 autocast on CPU has no native convolution kernels on most CPUs; "
                       "the images task runs ~10x slower than in float32 (use --steps to shorten)")
@@ -362,6 +370,7 @@ def _train(cfg: TrainConfig, inj: frozenset[str], run_dir: Path, *, progress: bo
                 bar.update(st.step, samples=x.shape[0] * accum,
                            loss=step_loss.item() if log_now else None)  # .item(): a host sync
                 step_loss = torch.zeros((), device=device)
+                stop.check(save_interrupted)  # a signal came: checkpoint, then stop (reference_loop/stop.py)
 
             # --- end of epoch: one host sync for the epoch's losses ---
             step_losses = torch.stack(losses).detach().float().cpu() if losses else torch.zeros(0)
@@ -403,6 +412,7 @@ def _train(cfg: TrainConfig, inj: frozenset[str], run_dir: Path, *, progress: bo
             if stopped_early:
                 bar.print(f"early stop: no val_loss improvement for {st.bad_epochs} epochs")
                 break
+            stop.check(save_interrupted)
 
     def final(key: str) -> float:
         return st.history[key][-1] if st.history[key] else math.nan
