@@ -51,10 +51,14 @@ a long SGD run converged to its noise floor), per-layer medians from 1.5e-4 to 3
   was 34% (a positional embedding initialised at zero: its first updates are large
   relative to its small norm; healthy first steps reach 1.0). A layer of the reference
   loop at 1000x-10000x the LR: 57-71% of its samples above 0.1 (medians 0.12, 0.44); an
-  MLP layer at LR 30 with AdamW: 0.1-0.3 on every step after the first ones.
+  MLP layer at LR 30 with AdamW (weight decay 0.5): 0.09-0.34 on every step after the
+  first ones (tests/rules/data/test_update_ratio.py).
 - `SMALL = 1e-7`, on at least `FRACTION = 0.8` of a layer's judged samples (LR >= 1% of
   its peak, a gradient): no healthy sample was below it (smallest: 1.4e-7, the converged
-  SGD run; its layers' medians 3e-6-7e-6). LR 1e-9 with AdamW gives ~2e-8.
+  SGD run; its layers' medians 3e-6-7e-6). LR 1e-9 gives 1.4e-9-2.4e-9 for an AdamW group
+  (tests/harness/faults_data.py group_lr_1e9), 2e-11-6e-9 for the reference loop with
+  AdamW (`--inject loss-plateau`), 0 to 2.5e-10 with SGD: a float32 weight above ~0.02
+  does not move at all (the update is below half a unit in the last place).
 - `MIN_SAMPLES = 3`: with the default `param_every=25`, a run needs 75 steps or more (a
   shorter run is not judged).
 Rule of thumb for a healthy update ratio, ~1e-3: Karpathy, CS231n "Neural Networks 3"
