@@ -49,6 +49,8 @@ class _Step:
     tokens: int = 0
     t_step: float | None = None
     step_time_s: float | None = None
+    cpu_time_s: float | None = None
+    involuntary_switches: int | None = None
     data_wait_s: float = 0.0
     lr: list = field(default_factory=list)
     lr_tensors: list = field(default_factory=list)
@@ -135,6 +137,7 @@ class Recorder:
         self._scaled_loss: torch.Tensor | None = None
         self._wait_pending = 0.0
         self._last_step_t: float | None = None
+        self._last_usage = system.cpu_usage()
         self._inflight: deque = deque()
         self._device: torch.device | None = None
         self._bw_order: list[int] = []
@@ -559,6 +562,11 @@ class Recorder:
         cur.t_step = now
         cur.step_time_s = now - (self._last_step_t if self._last_step_t is not None else self._t0)
         self._last_step_t = now
+        usage = system.cpu_usage()  # the same interval: what the process did in that time
+        if usage is not None and self._last_usage is not None:
+            cur.cpu_time_s = usage[0] - self._last_usage[0]
+            cur.involuntary_switches = usage[1] - self._last_usage[1]
+        self._last_usage = usage
         cur.data_wait_s, self._wait_pending = self._wait_pending, 0.0
         cur.inputs = self.inputs.take()
         if self.step % self.options.param_every == 0 and self.params:
@@ -644,6 +652,7 @@ class Recorder:
             "micro_batches": cur.micro_batches, "lr": cur.lr,
             "clip_max": cur.clip_max,
             "step_time_s": cur.step_time_s, "data_wait_s": cur.data_wait_s,
+            "cpu_time_s": cur.cpu_time_s, "involuntary_switches": cur.involuntary_switches,
             "samples": cur.samples, "tokens": cur.tokens or None,
             "mem_alloc_bytes": alloc, "mem_reserved_bytes": reserved, "mem_peak_bytes": peak,
             "rss_bytes": system.rss_bytes(),

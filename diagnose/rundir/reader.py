@@ -59,7 +59,7 @@ _PARAM_TYPES = {"name": str, "shape": list, "dtype": str, "module": str, "module
 _STEP_LISTS = ("nonfinite_grads",)
 _STEP_NUMBERS = ("epoch", "t_s", "loss", "micro_batches", "scale", "scale_after", "grad_norm", "clip_norm",
                  "clip_max", "step_time_s", "data_wait_s", "samples", "tokens", "mem_alloc_bytes",
-                 "mem_reserved_bytes", "mem_peak_bytes", "rss_bytes")
+                 "mem_reserved_bytes", "mem_peak_bytes", "rss_bytes", "cpu_time_s", "involuntary_switches")
 
 
 def read_run(path: str | os.PathLike[str]) -> Run:
