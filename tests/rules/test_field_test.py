@@ -303,3 +303,46 @@ def test_monitor_sees_keyword_arguments(tmp_path: Path) -> None:
     assert (tables.steps["samples"] == 8).all() and (tables.steps["tokens"] == 40).all()
     [finding] = nonfinite_inputs.check(tables)
     assert finding.evidence["first_step"] == 4 and finding.evidence["tensor"] == 'model0.input["features"]'
+
+
+# ---- loss-divergence: a teacher, then a student --------------------------------------------------
+
+def _teacher_then_student(run_dir: Path, student_lr: float, recreate: bool = False) -> None:
+    """Teacher trained 40 steps, then a student (another model, another optimizer) 40 steps;
+    `recreate`: instead, one model whose optimizer is built again for the second half."""
+    x, y = _blobs(n=640)
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(6, 64), nn.ReLU(), nn.Linear(64, 2))
+    student = teacher if recreate else nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    t_opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    s_opt = torch.optim.SGD(student.parameters(), lr=student_lr)
+    models = [teacher] if recreate else [teacher, student]
+    with Monitor(run_dir, models=models, optimizers=[t_opt, s_opt]):
+        for i in range(80):
+            xb, yb = x[8 * i:8 * i + 8], y[8 * i:8 * i + 8]
+            model, opt = (teacher, t_opt) if i < 40 else (student, s_opt)
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+
+
+def test_a_student_after_its_teacher_is_not_a_divergence(tmp_path: Path) -> None:
+    from diagnose.rules.numerics import _signals, loss_divergence
+
+    _teacher_then_student(tmp_path / "run", student_lr=0.05)
+    tables = read_run(tmp_path / "run").first
+    assert _signals.training_stages(tables.calls) == [(0, 39), (40, 79)]
+    loss = tables.steps["loss"]
+    assert loss.loc[40:44].median() > 2 * loss.loc[30:39].median()  # the student starts higher
+    assert loss_divergence.check(tables) == []
+    # judged as one series (before the field test) the student's start read as a divergence;
+    # each stage alone still goes through the same test
+    whole = _signals.finite_losses(tables.steps)
+    assert loss_divergence._check_series(tables.steps, whole)
+
+
+def test_an_optimizer_built_again_for_the_same_model_is_one_stage(tmp_path: Path) -> None:
+    from diagnose.rules.numerics import _signals
+
+    _teacher_then_student(tmp_path / "run", student_lr=0.05, recreate=True)
+    assert _signals.training_stages(read_run(tmp_path / "run").first.calls) == [(0, 79)]

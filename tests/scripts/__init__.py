@@ -79,6 +79,8 @@ SCRIPTS: dict[str, ScriptCase] = {
     "healthy_hf_style_kwargs_tied.py": ScriptCase(),
     "healthy_sparse_embedding_mf.py": ScriptCase(),
     "healthy_swa_float64.py": ScriptCase(),
+    "healthy_distillation_teacher.py": ScriptCase(),
+    "healthy_sequential_lr_accum.py": ScriptCase(),
     "zero_grad_in_one_branch.py": ScriptCase(rules=("missing-zero-grad",)),
     "eval_left_on_after_midepoch_val.py": ScriptCase(rules=("train-mode-not-restored",)),
     "steplr_stepped_per_batch.py": ScriptCase(rules=("scheduler-step-frequency",)),

@@ -367,6 +367,26 @@ def check_healthy_swa_float64(run: Run) -> None:
     assert run.calls_by_step()[71][-1] == "sched1.step"
 
 
+def check_healthy_distillation_teacher(run: Run) -> None:
+    from diagnose.rules.numerics import _signals
+    from diagnose.rundir.reader import read_run
+
+    assert len(run.steps) == 40 and len(run.objects["optimizers"]) == 2
+    by_step = run.calls_by_step()
+    assert "opt0.step" in by_step[15] and "opt1.step" in by_step[16]
+    # the teacher's no_grad forward for the soft targets feeds the student's training forward
+    assert by_step[16][-2:] == ["phase:val", "model0.forward[EN]"]
+    assert _signals.training_stages(read_run(run.path).first.calls) == [(0, 15), (16, 39)]
+
+
+def check_healthy_sequential_lr_accum(run: Run) -> None:
+    assert [s["micro_batches"] for s in run.steps] == [6, 6, 6, 2] * 3  # two backward() each
+    assert [s["class"] for s in run.objects["schedulers"]] == ["LinearLR", "CosineAnnealingLR", "SequentialLR"]
+    assert run.calls.count("sched2.step") == 12 and "sched0.step" not in run.calls
+    lrs = [s["lr"][0] for s in run.steps]
+    assert lrs[0] < 0.1 * lrs[5] and lrs[-1] < lrs[5]  # warm-up, then the cosine
+
+
 def check_zero_grad_in_one_branch(run: Run) -> None:
     assert len(run.steps) == 30 and run.calls.count("opt0.zero_grad") == 15
     by_step = run.calls_by_step()

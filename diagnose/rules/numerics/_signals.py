@@ -28,6 +28,39 @@ def finite_losses(steps: pd.DataFrame) -> pd.Series:
     return loss[np.isfinite(loss.to_numpy())]
 
 
+def training_stages(calls: pd.DataFrame) -> list[tuple[int, int]]:
+    """(first step, last step) of each stage of a run that trains different models one
+    after the other: a teacher with its optimizer, then a student with another. A stage
+    starts at the first step of an optimizer when every optimizer that stepped before has
+    stepped for the last time, and no model trained before (a forward a backward reached)
+    is trained from then on. One stage for everything else: a GAN's optimizers interleave,
+    an optimizer re-created every epoch trains the same model. Found in the field test
+    (tests/scripts/healthy_distillation_teacher.py: the student's loss, starting above the
+    teacher's best, read as a divergence)."""
+    if calls is None or calls.empty or not {"step", "obj", "method"} <= set(calls.columns):
+        return []
+    step = pd.to_numeric(calls["step"], errors="coerce")
+    obj, method = calls["obj"].astype(str), calls["method"].astype(str)
+    opt = (method == "step") & obj.str.startswith("opt") & step.notna()
+    if not opt.any():
+        return []
+    lifetimes = step[opt].groupby(obj[opt]).agg(["min", "max"]).sort_values("min")
+    trained = (method == "forward") & (calls["backprop"] == True) & step.notna()  # noqa: E712 - nullable
+    trained_steps, trained_models = step[trained].to_numpy(), obj[trained].to_numpy()
+    first, last = int(step.min()), int(step.max())
+    bounds = [first]
+    for name, row in lifetimes.iloc[1:].iterrows():
+        begin = int(row["min"])
+        earlier = lifetimes[lifetimes["min"] < begin]
+        if begin <= bounds[-1] or not len(earlier) or (earlier["max"] >= begin).any():
+            continue
+        before = set(trained_models[(trained_steps >= bounds[-1]) & (trained_steps < begin)])
+        after = set(trained_models[trained_steps >= begin])
+        if before and after and not before & after:
+            bounds.append(begin)
+    return [(a, b - 1) for a, b in zip(bounds, bounds[1:])] + [(bounds[-1], last)]
+
+
 def not_skipped(steps: pd.DataFrame) -> pd.Series:
     """True for steps GradScaler did not skip (every step when there is no scaler)."""
     return ~steps["skipped"].astype(bool) if "skipped" in steps.columns else pd.Series(True, steps.index)

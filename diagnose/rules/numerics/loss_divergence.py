@@ -35,6 +35,9 @@ when smoothed - best >= max(25% of (start - best), 10% of |best|, 4 standard err
 w-median, from 1.4826 x MAD of the loss around a centred median). Fires when it is up
 for >= max(10, 10% of the steps) steps in a row. Error when the loss ends at or above
 where it started (all progress lost), else warning.
+A run that trains different models one after the other (a teacher, then a student with
+its own optimizer: `_signals.training_stages`) is judged stage by stage: the student's
+first losses are not a rise from the teacher's best.
 Healthy scenarios (12, seeds 0-2): at most 11 consecutive "up" steps, 3.7% of the run
 (batch size 2, 300 steps); a converged run whose loss went from 1e-7 to 4e-6 is not up
 (that is nothing next to the 1.4 it started from). Faulty runs (seeds 0-2): 175-178 of
@@ -70,8 +73,19 @@ _FIX = """Find what changed at the turn (evidence: the step, the LR, the gradien
 
 
 def check(run: RunTables) -> list[Finding]:
-    steps = run.steps
-    loss = _signals.finite_losses(steps)
+    loss = _signals.finite_losses(run.steps)
+    stages = _signals.training_stages(run.calls) if len(run.calls) else []
+    if len(stages) < 2:
+        return _check_series(run.steps, loss)
+    findings = []
+    for first, last in stages:
+        for finding in _check_series(run.steps, loss[(loss.index >= first) & (loss.index <= last)]):
+            finding.evidence["stage"] = [first, last]
+            findings.append(finding)
+    return findings
+
+
+def _check_series(steps, loss) -> list[Finding]:
     n = len(loss)
     if n < MIN_STEPS:
         return []
