@@ -6,7 +6,8 @@ wake-up: an append costs a few hundred nanoseconds); a daemon thread wakes every
 flushes. Waking it once per record instead made every record a thread hand-off of the
 GIL, measurable on a launch-bound GPU step. A SIGKILL loses at most the records of the
 last flush interval, and a torn last line is the worst a crash can leave behind; meta
-lines (a handful per run) wake the thread at once, so the pid is on disk early.
+lines (a handful per run) and checkpoint, exception and out-of-memory events wake the
+thread at once, so the pid is on disk early and a checkpoint's steps are on disk with it.
 
 Any I/O failure (disk full, directory removed, permissions) switches the writer
 off with one warning: the user's training goes on, and the status records say the
@@ -36,6 +37,9 @@ RESERVE_BYTES = 16 * 1024
 """Room kept for meta.jsonl's last lines (the `incomplete` and final `status` records,
 ~300 bytes each) on a disk that fills up during the run; removed when the writer closes."""
 
+_WAKE_EVENTS = frozenset({"checkpoint", "exception", "oom"})
+"""Events written at once (with everything queued before them): a checkpoint on disk then
+comes with the record of the steps it holds, and a crash's cause reaches the disk early."""
 _STOP = object()
 _FLUSH = object()
 
@@ -112,7 +116,8 @@ class RunWriter:
         failure only meta.jsonl lines are still tried (the final status)."""
         if self.failed is None or file_name == schema.META_FILE:
             self._pending.append((file_name, record))
-            if file_name == schema.META_FILE:
+            if file_name == schema.META_FILE or (file_name == schema.EVENTS_FILE
+                                                 and record.get("kind") in _WAKE_EVENTS):
                 self._wake.set()
 
     def matrix_row(self, file_name: str, step: int, values: np.ndarray) -> None:

@@ -222,3 +222,32 @@ def test_watched_objects_still_save_copy_and_pickle(tmp_path):
     calls = _calls(tmp_path / "run" / "rank0")
     assert calls == ["model0.forward[TGB]", "backward", "opt0.step", "sched0.step"]
     assert "step" not in type(sched).__dict__ and "train" not in torch.nn.Linear.__dict__
+
+
+def test_a_checkpoint_brings_the_steps_before_it_to_disk(tmp_path):
+    """A checkpoint event wakes the writer: the record on disk catches up with the checkpoint
+    without waiting for the flush interval (set to an hour here)."""
+    import time
+
+    from diagnose.recorder.recorder import Recorder, RecorderOptions
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder(tmp_path / "run", options=RecorderOptions(flush_interval_s=3600.0))
+    rec.watch(model, opt)
+    try:
+        for _ in range(4):
+            opt.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            opt.step()
+        opt.zero_grad()  # closes step 3
+        steps_file = tmp_path / "run" / "rank0" / "steps.jsonl"
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ckpt.pt")
+        deadline = time.monotonic() + 30.0  # waits on the file, far below the hour
+        while time.monotonic() < deadline and not (steps_file.exists() and
+                                                   len(steps_file.read_text().splitlines()) >= 4):
+            time.sleep(0.02)
+        assert [r["step"] for r in _lines(steps_file)] == [0, 1, 2, 3]
+    finally:
+        rec.close()
