@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from diagnose import Monitor
 from tests.harness.faults_loop import _reference
+from tests.harness.threads import one_torch_thread
 
 STEPS = 40
 PARAM_EVERY = 5
@@ -234,10 +235,6 @@ FAULTS: dict[str, Fault] = {
 
 def record_fault(name: str, run_dir: Path, seed: int = 0) -> Path:
     """Record fault (or near miss) `name` into `run_dir` on one torch thread; returns it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         FAULTS[name].fn(Path(run_dir), seed)
-    finally:
-        torch.set_num_threads(threads)
     return Path(run_dir)

@@ -16,8 +16,7 @@ that must stay silent on it (at warning or above).
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +27,8 @@ import torch.nn.functional as F
 from diagnose import Monitor
 from diagnose.rundir.reader import read_run
 from diagnose.rundir.tables import RunTables
+
+from tests.harness.threads import one_torch_thread
 
 # ---- data and models --------------------------------------------------------------------
 
@@ -1015,12 +1016,8 @@ def record_fault(name: str, run_dir: Path, seed: int = 0) -> Path:
     """Record fault (or near miss) `name` into `run_dir` and return it. Torch runs on one
     thread meanwhile (these tiny models gain nothing from more, and on a busy machine
     torch's spinning threads make a run 10x slower); the thread count is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         FAULTS[name].fn(Path(run_dir), seed)
-    finally:
-        torch.set_num_threads(threads)
     return Path(run_dir)
 
 

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from diagnose import Monitor
 
+from tests.harness.threads import one_torch_thread
+
 # ---- data and models --------------------------------------------------------------------
 
 
@@ -596,12 +598,8 @@ def record_fault(name: str, run_dir: Path, seed: int = 0) -> Path:
     On one CPU thread: several faults are chaotic (an LR far too high), and torch's
     multi-threaded reductions add in an order that depends on the thread count, so the
     same seed would otherwise give other numbers on another machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         FAULTS[name].record(Path(run_dir), seed)
-    finally:
-        torch.set_num_threads(threads)
     return Path(run_dir)
 
 

@@ -17,10 +17,9 @@ import ctypes
 import ctypes.util
 import gc
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -29,15 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from diagnose import Monitor
 
+from tests.harness.threads import one_torch_thread
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+
 
 
 def release_freed_memory() -> None:
@@ -97,7 +90,7 @@ def leak_running_loss_retain_graph(run_dir: Path, seed: int = 0, steps: int = 10
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     running = torch.zeros(())
     release_freed_memory()  # after building the data: its temporaries are freed memory too
-    with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         mon.epoch(0)
         for xb, yb in mon.loader(_batches(x, y, 128, gen)):
             opt.zero_grad()
@@ -120,7 +113,7 @@ def leak_metric_with_grad(run_dir: Path, seed: int = 0, steps: int = 100) -> Pat
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     held_out = []
     release_freed_memory()  # after building the data: its temporaries are freed memory too
-    with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         mon.epoch(0)
         for xb, yb in mon.loader(_batches(x, y, 32, gen)):
             opt.zero_grad()
@@ -140,7 +133,7 @@ def leak_kept_batches(run_dir: Path, seed: int = 0, steps: int = 100) -> Path:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     seen = []
     release_freed_memory()  # after building the data: its temporaries are freed memory too
-    with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         for epoch in range(2):
             mon.epoch(epoch)
             for xb, yb in mon.loader(_batches(x, y, 32, gen)):
@@ -177,7 +170,7 @@ def cache_fills_once(run_dir: Path, seed: int = 0) -> Path:
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 32), nn.ReLU(), nn.Linear(32, 4))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     release_freed_memory()  # after building the data: its temporaries are freed memory too
-    with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         for epoch in range(4):
             mon.epoch(epoch)
             for xb, yb in mon.loader(loader):
@@ -209,7 +202,7 @@ class _SlowItems(Dataset):
 def _train_on(loader, run_dir: Path, dim: int, epochs: int = 1) -> Path:
     model = _mlp(dim, 32, 3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         for epoch in range(epochs):
             mon.epoch(epoch)
             for xb, yb in mon.loader(loader):
@@ -274,7 +267,7 @@ def sleep_after_step(run_dir: Path, seed: int = 0, steps: int = 130, drop_at: in
     x, y = _blobs(32 * steps, 16, 4, gen)
     model = _mlp(16, 64, 4)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         mon.epoch(0)
         for step, (xb, yb) in enumerate(mon.loader(_batches(x, y, 32, gen))):
             opt.zero_grad()
@@ -296,7 +289,7 @@ def model_grows(run_dir: Path, seed: int = 0, steps: int = 130, drop_at: int = 6
     head = nn.Linear(256, 4)
     net = nn.Sequential(model, head)
     opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
-    with _one_thread(), Monitor(run_dir, model=net, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=net, optimizer=opt) as mon:
         mon.epoch(0)
         for step, (xb, yb) in enumerate(mon.loader(_batches(x, y, 128, gen))):
             if step == drop_at:  # the drop
@@ -323,7 +316,7 @@ def extra_forwards_after_step(run_dir: Path, seed: int = 0, steps: int = 130, dr
     hx, _ = _blobs(8192, 32, 4, gen)
     model = _mlp(32, 128, 4)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         mon.epoch(0)
         for step, (xb, yb) in enumerate(mon.loader(_batches(x, y, 32, gen))):
             opt.zero_grad()
@@ -347,7 +340,7 @@ def unfreeze_backbone(run_dir: Path, seed: int = 0, steps: int = 120, at: int = 
     for p in backbone.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         mon.epoch(0)
         for step, (xb, yb) in enumerate(mon.loader(_batches(x, y, 32, gen))):
             if step == at:
@@ -367,7 +360,7 @@ def sequence_curriculum(run_dir: Path, seed: int = 0, steps: int = 120) -> Path:
     vocab = 32
     model = nn.Sequential(nn.Embedding(vocab, 64), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, vocab))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with _one_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
+    with one_torch_thread(), Monitor(run_dir, model=model, optimizer=opt) as mon:
         mon.epoch(0)
         for step in range(steps):
             length = 16 if step < steps // 2 else 128

@@ -27,15 +27,7 @@ SERIES_RULES = {"nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters",
 """Rules whose inputs the export carries (not: call order, events, parameter shapes)."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny runs on a shared machine: one thread is faster and gives the same numbers anywhere."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def invoke(*args):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,16 +54,7 @@ def _imported(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny models: torch's thread pool costs 100x the work on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def inner(pytester: pytest.Pytester, _imported: None, one_thread: None):
+def inner(pytester: pytest.Pytester, _imported: None, one_torch_thread: None):
     """Run an inner test file (HEADER + `body`) in-process; returns the RunResult."""
     pytester.makepyfile(loops=LOOPS)
 

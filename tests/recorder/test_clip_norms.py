@@ -20,12 +20,7 @@ from diagnose.recorder import clipcapture, numerics
 from diagnose.rundir.reader import read_run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _model() -> nn.Module:

@@ -27,3 +27,10 @@ def healthy_run(request: pytest.FixtureRequest, _healthy_dirs: dict[str, Path],
     if name not in _healthy_dirs:
         _healthy_dirs[name] = record(name, tmp_path_factory.mktemp(name) / "run")
     return read_run(_healthy_dirs[name])
+
+
+@pytest.fixture(scope="session")
+def fault_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the loop-structure faults (tests/harness/faults_loop.py) are recorded, once per
+    session for all the test_loop_* modules."""
+    return tmp_path_factory.getbasetemp() / "loop_faults"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from diagnose.rules import catalogue, run_rules
 from diagnose.rules._base import Severity
@@ -24,22 +23,8 @@ from tests.harness.scenarios import HEALTHY, record
 
 LOOP_RULES = {spec.name: spec for spec in catalogue().rules if spec.category == "loop"}
 
-pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
-
-
-@pytest.fixture(scope="session")
-def fault_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "loop_faults"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on one thread: torch's spinning worker threads make runs 10x slower on a
-    busy machine (the healthy runs recorded for these tests too). Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning"),
+              pytest.mark.usefixtures("one_torch_thread_module")]  # tests/conftest.py: one torch thread
 
 
 def _loop_findings(tables: RunTables, rules=ALL_LOOP):

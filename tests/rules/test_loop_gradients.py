@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from diagnose.rules._base import Severity
 from diagnose.rules.loop import clip_before_unscale, missing_zero_grad, params_not_updated, zero_grad_before_step
@@ -17,22 +16,8 @@ from tests.harness.faults_loop import fault_tables
 
 RULES = [missing_zero_grad, zero_grad_before_step, clip_before_unscale, params_not_updated]
 
-pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
-
-
-@pytest.fixture(scope="session")
-def fault_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "loop_faults"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on one thread: torch's spinning worker threads make runs 10x slower on a
-    busy machine (the healthy runs recorded for these tests too). Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning"),
+              pytest.mark.usefixtures("one_torch_thread_module")]  # tests/conftest.py: one torch thread
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda m: m.NAME)
