@@ -30,8 +30,8 @@ forward of a watched model (autograd on, training mode) that do not require grad
 checked the same way, named `model0.input[0]` (`model0.input["pixel_values"]` for a
 keyword argument, as `Monitor` sees them). Tensors that require grad are the output of
 another model (a GAN's discriminator fed the generator's samples): a NaN there is the
-upstream model's, not the data's, so they are skipped. The zero-code mode's global forward
-hook gets no keyword arguments: there, only positional ones are checked.
+upstream model's, not the data's, so they are skipped. The zero-code mode's global hooks
+see keyword arguments only after the call (`Recorder.on_forward_kwargs`): same checks.
 """
 from __future__ import annotations
 

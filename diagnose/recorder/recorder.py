@@ -430,6 +430,18 @@ class Recorder:
         if training and grad:  # no watched loader: check the data the model is given
             self.inputs.add_forward_inputs(f"model{index}", args, kwargs)
 
+    def on_forward_kwargs(self, index: int, module: torch.nn.Module, kwargs: dict) -> None:
+        """The keyword arguments of a top-level forward called with no positional ones
+        (the zero-code mode's global hooks only see them after the call): samples, tokens
+        and the forward-input check, as `on_forward_pre` does for positional inputs."""
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        if index == 0:
+            samples, tokens = batch_size(kwargs)
+            self._cur.samples += samples
+            self._cur.tokens += tokens
+        self.inputs.add_forward_inputs(f"model{index}", (), kwargs)
+
     def on_forward(self, index: int, output: Any) -> None:
         if not torch.is_grad_enabled():
             return

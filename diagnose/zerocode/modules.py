@@ -50,10 +50,10 @@ class ForwardWatch:
     def install(self, patches: ClassPatches) -> None:
         pre = module_mod.register_module_forward_pre_hook(self._pre)
         patches.add(pre.remove)
-        try:
-            post = module_mod.register_module_forward_hook(self._post, always_call=True)
+        try:  # with the keyword arguments: a model called as model(**batch) shows its inputs here
+            post = module_mod.register_module_forward_hook(self._post, with_kwargs=True, always_call=True)
         except TypeError:  # torch without always_call: an exception in forward skews depth
-            post = module_mod.register_module_forward_hook(self._post)
+            post = module_mod.register_module_forward_hook(self._post, with_kwargs=True)
         patches.add(post.remove)
 
     def _pre(self, module, args):
@@ -65,13 +65,16 @@ class ForwardWatch:
             self.session.top_forward_pre(module, args)
         return None
 
-    def _post(self, module, args, output):
+    def _post(self, module, args, *rest):
+        # (kwargs, output), or (output,) when torch calls an always_call hook after forward
+        # raised (that path ignores with_kwargs)
+        kwargs, output = rest if len(rest) == 2 else (None, rest[-1])
         if _is_compiling():
             return None
         depth = self.depth - 1
         self.depth = depth if depth > 0 else 0
         if depth <= 0 and self.session.on:
-            self.session.top_forward_post(module, output)
+            self.session.top_forward_post(module, output, kwargs if not args else None)
         return None
 
 

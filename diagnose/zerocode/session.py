@@ -71,6 +71,7 @@ class Session:
         self._opt_param_ids: set[int] | None = None
         self._inner_ids: set[int] | None = None
         self._current = False
+        self._current_target: tuple | None = None
         self._top_forwards = 0
         self._last_loader: int | None = None
         self._train_loader: int | None = None
@@ -141,16 +142,20 @@ class Session:
                     return
             index, mode_module = target
             self.rec.on_forward_pre(index, mode_module, args)
+            self._current_target = target
             self._current = True
             self._top_forwards += 1
         except Exception as exc:  # noqa: BLE001
             self.fault(exc)
 
-    def top_forward_post(self, module: torch.nn.Module, output: Any) -> None:
+    def top_forward_post(self, module: torch.nn.Module, output: Any, kwargs: dict | None = None) -> None:
         if not self._current:
             return
         self._current = False
+        target, self._current_target = self._current_target, None
         try:
+            if kwargs and target is not None:  # model(**batch): the pre-hook saw no inputs
+                self.rec.on_forward_kwargs(target[0], target[1], kwargs)
             self.rec.on_forward(0, output)  # marks the token `B` if a backward reaches it
         except Exception as exc:  # noqa: BLE001
             self.fault(exc)

@@ -346,3 +346,34 @@ def test_an_optimizer_built_again_for_the_same_model_is_one_stage(tmp_path: Path
 
     _teacher_then_student(tmp_path / "run", student_lr=0.05, recreate=True)
     assert _signals.training_stages(read_run(tmp_path / "run").first.calls) == [(0, 79)]
+
+
+def test_zero_code_sees_keyword_arguments(tmp_path: Path) -> None:
+    from diagnose.zerocode import run_script
+
+    script = tmp_path / "kwargs_nan.py"
+    script.write_text(
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "torch.manual_seed(0)\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(3, 2)\n"
+        "    def forward(self, features=None, labels=None):\n"
+        "        return F.cross_entropy(self.lin(torch.nan_to_num(features)), labels)\n"
+        "model = M()\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for step in range(6):\n"
+        "    features = torch.randn(4, 3)\n"
+        "    if step == 3:\n"
+        "        features[0, 1] = float('nan')\n"
+        "    opt.zero_grad()\n"
+        "    model(features=features, labels=torch.randint(0, 2, (4,))).backward()\n"
+        "    opt.step()\n")
+    assert run_script(script, [], tmp_path / "run") == 0
+    tables = read_run(tmp_path / "run").first
+    assert (tables.steps["samples"].iloc[1:] == 4).all()
+    [finding] = nonfinite_inputs.check(tables)
+    assert finding.evidence["first_step"] == 3 and finding.evidence["tensor"] == 'model0.input["features"]'
+    assert finding.severity == Severity.WARNING  # nan_to_num in the model: the loss stayed finite

@@ -347,9 +347,10 @@ def check_healthy_hf_style_kwargs_tied(run: Run) -> None:
     names = [p["name"] for p in run.params]
     assert "wte.weight" in names and "lm_head.weight" not in names  # tied: one tensor
     assert all(len(s["lr"]) == 2 for s in run.steps)
-    # called with keyword arguments only: the zero-code mode's global forward hook sees no
-    # positional input, so samples are not counted (docs/rules.md, field test)
-    assert all(s["samples"] == 0 for s in run.steps)
+    # called with keyword arguments only: the global forward hook passes them after the call
+    # (not counted in step 0, before the models are known at the first optimizer step)
+    assert [(s["samples"], s["tokens"]) for s in run.steps[1:]] == [(16, 256)] * 23
+    assert not run.kind("warning")
 
 
 def check_healthy_sparse_embedding_mf(run: Run) -> None:
