@@ -31,12 +31,7 @@ from diagnose.rules.numerics import dead_units
 from diagnose.rundir.reader import read_run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blobs(n: int = 320, nan_rows: tuple[int, ...] = ()):
