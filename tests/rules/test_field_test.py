@@ -95,7 +95,7 @@ def _scheduled_loop(run_dir: Path, make_scheduler, steps: int = 60) -> None:
     model = nn.Linear(6, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = make_scheduler(opt)
-    with Monitor(run_dir, model=model, optimizer=opt, scheduler=sched) as mon:
+    with Monitor(run_dir, model=model, optimizer=opt, scheduler=sched):
         for i in range(steps):
             opt.zero_grad()
             F.cross_entropy(model(x[8 * i:8 * i + 8]), y[8 * i:8 * i + 8]).backward()
