@@ -277,10 +277,22 @@ def _torchrun(nproc: int, program: list[str], out: Path, what: str, launch: Laun
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                *launch.arguments(), *program]
     click.echo(f"diagnose: {what} in {launch.describe(nproc)} through torchrun into {out}", err=True)
+    previous = os.environ.get(LAUNCHED_ENV)
+    os.environ[LAUNCHED_ENV] = "1"  # the workers leave the closing lines to this launcher
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if previous is None:
+            os.environ.pop(LAUNCHED_ENV, None)
+        else:
+            os.environ[LAUNCHED_ENV] = previous
+
+
+LAUNCHED_ENV = "DIAGNOSE_LAUNCHED"
+"""Set for the processes `diagnose run --nproc-per-node` starts: they do not print where the
+run went (the launcher does, once)."""
 
 
 def _finish(out: Path, no_report: bool, launch: Launch | None = None) -> None:

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RunDirExistsError, FileNotFoundError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+    # under torchrun once (rank 0), and not at all when `diagnose run` launched it (it says so)
+    if os.environ.get("RANK", "0") == "0" and not os.environ.get("DIAGNOSE_LAUNCHED"):
         print(f"diagnose: run directory {out}", file=sys.stderr)
     return code
 
