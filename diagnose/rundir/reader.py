@@ -45,10 +45,6 @@ _RUN_FILES = (schema.META_FILE, schema.PARAMS_FILE, schema.STEPS_FILE, schema.EV
 
 T = TypeVar("T")
 
-
-class RunDirError(Exception):
-    """The path cannot be read as a run directory; the message is one line for the user."""
-
 # The documented types of each file's fields (docs/run-directory.md); a value of another
 # type is dropped with a note (diagnose/rundir/_coerce.py), never passed on to the rules.
 _START_TYPES = {"run_id": str, "started_at": float, "command": list, "cwd": str, "host": str, "pid": int,
@@ -60,6 +56,10 @@ _STEP_LISTS = ("nonfinite_grads",)
 _STEP_NUMBERS = ("epoch", "t_s", "loss", "micro_batches", "scale", "scale_after", "grad_norm", "clip_norm",
                  "clip_max", "step_time_s", "data_wait_s", "samples", "tokens", "mem_alloc_bytes",
                  "mem_reserved_bytes", "mem_peak_bytes", "rss_bytes", "cpu_time_s", "involuntary_switches")
+
+
+class RunDirError(Exception):
+    """The path cannot be read as a run directory; the message is one line for the user."""
 
 
 def read_run(path: str | os.PathLike[str]) -> Run:
