@@ -142,3 +142,34 @@ def test_silent_when_the_slow_state_was_already_common_before() -> None:
 def test_silent_on_healthy(healthy_run: Run) -> None:
     for tables in healthy_run.ranks.values():
         assert [f for f in throughput_drop.check(tables) if f.severity >= Severity.WARNING] == []
+
+
+# ---- other processes taking the CPU ---------------------------------------------------------
+
+def _timed(cpu_after: float, switches_after: float, n: int = 400, at: int = 250) -> RunTables:
+    """A 4x slower step from `at`: wall time, the process's CPU time and its preemptions."""
+    rng = np.random.default_rng(3)
+    seconds = _noisy(n, rng)
+    cpu = seconds * 0.98
+    seconds[at:] *= 4
+    cpu[at:] *= cpu_after
+    switches = rng.integers(0, 3, n).astype(float)
+    switches[at:] += switches_after
+    tables = _tables(seconds)
+    tables.steps["cpu_time_s"], tables.steps["involuntary_switches"] = cpu, switches
+    return tables
+
+
+def test_other_processes_taking_the_cpu_is_info_and_says_so() -> None:
+    finding = _only(throughput_drop.check(_timed(cpu_after=1.1, switches_after=5)), Severity.INFO)
+    assert finding.evidence["contention"] is True and finding.evidence["drop_step"] == 250
+    assert "other processes" in finding.explanation and "same work per step" in finding.explanation
+
+
+@pytest.mark.parametrize("cpu_after, switches_after, why", [
+    (1.0, 0, "a blocking call: waits without being preempted"),
+    (4.0, 5, "more work per step: the CPU time grew with the wall time"),
+])
+def test_a_slower_loop_stays_a_warning(cpu_after: float, switches_after: float, why: str) -> None:
+    finding = _only(throughput_drop.check(_timed(cpu_after, switches_after)))
+    assert "contention" not in finding.evidence, why

@@ -55,12 +55,14 @@ every other test, hence the 50 steps. No healthy run is reported. The slow loops
 the batch loop) drop 4–80x with 2–14% of slow steps before; an unfrozen backbone drops
 3–30x (info).
 
-## Limits
-Only wall-clock time is recorded. Another process that takes a steady share of the CPU
-from then on (a single-threaded run on a machine whose load jumps) slows every step alike,
-exactly as added work does: the reference loop, one thread, fell 3.6x at step 190 of 320
-when the load of its two-core machine jumped, and was reported. The explanation then names
-"another process" among the causes; check the machine (`top`, `nvidia-smi`) before the code.
+## Other processes
+Another process that takes a steady share of the CPU from then on (a single-threaded run on
+a machine whose load jumps) slows every step alike, exactly as added work does. The
+recorder's per-step CPU time and involuntary context switches tell them apart: when the
+process did the same CPU work per step, got the CPU for a much smaller share of each step
+and was preempted more often (thresholds below), the finding is rated info and says that
+other processes took the CPU. Not told apart: another job on the same GPU (the host
+process then waits without being preempted) — check `nvidia-smi`.
 """
 from __future__ import annotations
 
@@ -96,6 +98,18 @@ FLOOR_RISE = 2.0
 """After the split, this percentile of the steps' cost is at least FLOOR_RISE x the level
 before: (nearly) every step got slower, as when the loop itself does more per step;
 contention from other processes leaves some steps fast."""
+
+CPU_SAME = 1.5
+"""Contention: the CPU time per step after the drop is at most this x before (same work)..."""
+CPU_SHARE_FALL = 0.5
+"""...the process's share of the step on the CPU fell to at most this x before (it waited)..."""
+SWITCHES_RISE = 2
+"""...and it was preempted at least this many more times a step (median involuntary context
+switches). From the reference loop on a two-core machine whose load jumped mid-run (3.9x
+slower at step 205 of 320): CPU time 16.3 -> 18.5 ms a step, CPU share 99% -> 20-40%,
+preemptions 0-3 -> 4-11 a step. A blocking call (the sleeping faults of
+tests/harness/faults_resources.py) waits without preemptions; a model that grew spends
+more CPU time."""
 
 _FIX = """Look at what the loop does from that step on, and time one step with the profiler:
     with torch.profiler.profile(schedule=torch.profiler.schedule(wait=1, warmup=1, active=3),
@@ -182,6 +196,9 @@ def _changes(run: RunTables, before: np.ndarray, after: np.ndarray) -> tuple[lis
             if a - b >= 0.25:
                 notes.append(f"the loop now waits for data {a:.0%} of each step ({b:.0%} before): "
                              "see dataloader-bottleneck")
+    contention = _contention(steps, before, after, evidence)
+    if contention:
+        notes.append(contention)
     if "micro_batches" in steps.columns:
         mb = pd.to_numeric(steps["micro_batches"], errors="coerce")
         b, a = float(mb.reindex(before).median()), float(mb.reindex(after).median())
@@ -189,6 +206,41 @@ def _changes(run: RunTables, before: np.ndarray, after: np.ndarray) -> tuple[lis
             evidence["micro_batches"] = [b, a]
             notes.append(f"each step now accumulates {a:g} micro-batches instead of {b:g}")
     return notes, evidence, unfrozen
+
+
+def _contention(steps: pd.DataFrame, before: np.ndarray, after: np.ndarray, evidence: dict) -> str | None:
+    """A sentence when the slowdown came from other processes taking the CPU, else None.
+
+    Per step the recorder keeps the process's CPU time and its involuntary context switches
+    (the kernel preempting it). Other processes taking the CPU leave the CPU time per step
+    as it was while the wall time grows, and the preemptions rise; a loop that does more
+    per step spends more CPU time; a loop that blocks (a sleep, I/O, a blocking device sync)
+    waits without being preempted.
+    """
+    if not {"cpu_time_s", "involuntary_switches"} <= set(steps.columns):
+        return None
+
+    def medians(column: str) -> tuple[float, float]:
+        values = pd.to_numeric(steps[column], errors="coerce")
+        return float(values.reindex(before).median()), float(values.reindex(after).median())
+
+    cpu_b, cpu_a = medians("cpu_time_s")
+    wall_b, wall_a = medians("step_time_s")
+    sw_b, sw_a = medians("involuntary_switches")
+    if not all(np.isfinite(v) for v in (cpu_b, cpu_a, wall_b, wall_a, sw_b, sw_a)) or cpu_b <= 0 or wall_a <= 0:
+        return None
+    evidence["cpu_time_s"] = [cpu_b, cpu_a]
+    evidence["involuntary_switches"] = [sw_b, sw_a]
+    same_work = cpu_a <= CPU_SAME * cpu_b
+    waited = cpu_a / wall_a <= CPU_SHARE_FALL * (cpu_b / wall_b)
+    preempted = sw_a >= sw_b + SWITCHES_RISE
+    if not (same_work and waited and preempted):
+        return None
+    evidence["contention"] = True
+    return (f"the process did the same work per step (CPU time {cpu_b * 1e3:.1f} -> {cpu_a * 1e3:.1f} ms) "
+            f"but got the CPU for {cpu_a / wall_a:.0%} of each step instead of {cpu_b / wall_b:.0%}, "
+            f"preempted {sw_a:g} times a step instead of {sw_b:g}: other processes (or this run's "
+            "own DataLoader workers) took the CPU — check the machine (`top`) before the code")
 
 
 def check(run: RunTables) -> list[Finding]:
@@ -252,6 +304,8 @@ def check(run: RunTables) -> list[Finding]:
                         "look for work added to the step outside the model — a synchronous call, logging "
                         "that copies to the host, a model or input that grew — or another process "
                         "competing for the device.")
-    severity = Severity.INFO if unfrozen else SEVERITY
+    # An unfrozen backbone is a schedule the user chose; other processes taking the CPU are
+    # the machine's doing: both are reported, neither as a problem of the training code.
+    severity = Severity.INFO if unfrozen or changes.get("contention") else SEVERITY
     return [Finding(rule=NAME, severity=severity, title=title, steps=(drop_step, int(index[-1])),
                     evidence=evidence, explanation=explanation, fix=_FIX)]
