@@ -86,11 +86,28 @@ class _ClassPatch:
 _class_patches: dict[tuple[type, str], _ClassPatch] = {}
 
 
-class Patches:
-    """An undo list of every hook and wrapper one recorder installed."""
+class UndoList:
+    """Undo actions, run newest first by `undo()`, which never raises."""
 
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
+
+    def add(self, undo: Callable[[], None]) -> None:
+        """Register an undo action (a torch RemovableHandle's `remove`, a restore)."""
+        self._undo.append(undo)
+
+    def undo(self) -> None:
+        """Undo everything, newest first; never raises."""
+        while self._undo:
+            fn = self._undo.pop()
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class Patches(UndoList):
+    """An undo list of every hook and wrapper one recorder installed."""
 
     def handle(self, removable: Any) -> None:
         """Keep a torch RemovableHandle."""
@@ -145,18 +162,6 @@ class Patches:
                 object.__setattr__(obj, name, previous)
 
         self._undo.append(undo)
-
-    def add(self, undo: Callable[[], None]) -> None:
-        self._undo.append(undo)
-
-    def undo(self) -> None:
-        """Remove everything, newest first; never raises."""
-        while self._undo:
-            fn = self._undo.pop()
-            try:
-                fn()
-            except Exception:  # noqa: BLE001
-                pass
 
 
 # ---- global wrappers shared by all active recorders ---------------------------------------

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+from diagnose.recorder.hooks import UndoList
+
 _MARK = "__diagnose_wrapped__"
 
 
@@ -21,11 +23,8 @@ def is_wrapper(fn: Any) -> bool:
     return bool(getattr(fn, _MARK, False))
 
 
-class ClassPatches:
+class ClassPatches(UndoList):
     """An undo list of attributes replaced on classes and modules."""
-
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
 
     def wrap(self, owner: Any, name: str, make: Callable[[Callable], Callable]) -> bool:
         """Replace `owner.name` (defined on `owner` itself) by `make(original)`.
@@ -55,16 +54,3 @@ class ClassPatches:
             if name in vars(klass):
                 return self.wrap(klass, name, make)
         return False
-
-    def add(self, undo: Callable[[], None]) -> None:
-        """Register any other undo action (a torch RemovableHandle's `remove`)."""
-        self._undo.append(undo)
-
-    def undo(self) -> None:
-        """Undo everything, newest first; never raises."""
-        while self._undo:
-            fn = self._undo.pop()
-            try:
-                fn()
-            except Exception:  # noqa: BLE001
-                pass

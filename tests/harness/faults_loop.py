@@ -28,6 +28,7 @@ from diagnose import Monitor
 from diagnose.rundir.reader import read_run
 from diagnose.rundir.tables import RunTables
 
+from tests.harness.scenarios import shuffled_batches as _batches
 from tests.harness.threads import one_torch_thread
 
 # ---- data and models --------------------------------------------------------------------
@@ -45,13 +46,6 @@ def _data(seed: int, n: int = 384, dim: int = 8, classes: int = 3):
     vy = torch.randint(0, classes, (96,), generator=gen)
     vx = centers[vy] + torch.randn(96, dim, generator=gen)
     return x, y, vx, vy, gen
-
-
-def _batches(x, y, bs: int, gen: torch.Generator):
-    order = torch.randperm(len(x), generator=gen)
-    for i in range(0, len(x) - bs + 1, bs):
-        idx = order[i:i + bs]
-        yield x[idx], y[idx]
 
 
 class Net(nn.Module):

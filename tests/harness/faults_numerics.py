@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from diagnose import Monitor
 
+from tests.harness.scenarios import shuffled_batches as _batches
 from tests.harness.threads import one_torch_thread
 
 # ---- data and models --------------------------------------------------------------------
@@ -34,13 +35,6 @@ def _blobs(n: int, dim: int, classes: int, gen: torch.Generator, centers: torch.
         centers = torch.randn(classes, dim, generator=gen) * 2.0
     y = torch.randint(0, classes, (n,), generator=gen)
     return centers[y] + torch.randn(n, dim, generator=gen), y, centers
-
-
-def _batches(x, y, bs: int, gen: torch.Generator):
-    order = torch.randperm(len(x), generator=gen)
-    for i in range(0, len(x) - bs + 1, bs):
-        idx = order[i:i + bs]
-        yield x[idx], y[idx]
 
 
 class Net(nn.Module):

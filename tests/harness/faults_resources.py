@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diagnose import Monitor
 
+from tests.harness.scenarios import shuffled_batches as _batches
 from tests.harness.threads import one_torch_thread
 
 
@@ -68,13 +69,6 @@ def _images(n: int, gen: torch.Generator):
 def _mlp(dim: int, hidden: int, out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, out))
-
-
-def _batches(x, y, batch_size: int, gen: torch.Generator):
-    order = torch.randperm(len(x), generator=gen)
-    for i in range(0, len(x) - batch_size + 1, batch_size):
-        idx = order[i:i + batch_size]
-        yield x[idx], y[idx]
 
 
 # ---- memory-leak --------------------------------------------------------------------------

@@ -55,7 +55,8 @@ def _tokens(n: int, length: int, vocab: int, gen: torch.Generator):
     return seq[:, :-1], seq[:, 1:]
 
 
-def _batches(x, y, batch_size: int, gen: torch.Generator):
+def shuffled_batches(x, y, batch_size: int, gen: torch.Generator):
+    """(x, y) mini-batches in an order drawn from `gen`; an incomplete last batch is dropped."""
     order = torch.randperm(len(x), generator=gen)
     for i in range(0, len(x) - batch_size + 1, batch_size):
         idx = order[i:i + batch_size]
@@ -146,14 +147,14 @@ def mlp_adamw_onecycle(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizer=opt, scheduler=sched) as mon:
         for epoch in range(epochs):
             mon.epoch(epoch)
-            for xb, yb in mon.loader(_batches(x, y, bs, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, bs, gen)):
                 opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(xb), yb)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
-            _evaluate(mon, model, _batches(vx, vy, 64, gen), F.cross_entropy, epoch)
+            _evaluate(mon, model, shuffled_batches(vx, vy, 64, gen), F.cross_entropy, epoch)
 
 
 def cnn_sgd_steplr_bf16(run_dir: Path, seed: int) -> None:
@@ -169,14 +170,14 @@ def cnn_sgd_steplr_bf16(run_dir: Path, seed: int) -> None:
         for epoch in range(4):
             mon.epoch(epoch)
             model.train()
-            for xb, yb in mon.loader(_batches(x, y, 32, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, 32, gen)):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     loss = F.cross_entropy(model(xb), yb)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             sched.step()
-            _evaluate(mon, model, _batches(vx, vy, 64, gen), F.cross_entropy, epoch)
+            _evaluate(mon, model, shuffled_batches(vx, vy, 64, gen), F.cross_entropy, epoch)
 
 
 def gru_adam_plateau_fp16(run_dir: Path, seed: int) -> None:
@@ -192,7 +193,7 @@ def gru_adam_plateau_fp16(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizer=opt, scheduler=sched, scaler=scaler) as mon:
         for epoch in range(5):
             mon.epoch(epoch)
-            for xb, yb in mon.loader(_batches(x, y, 32, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, 32, gen)):
                 opt.zero_grad()
                 with torch.autocast("cpu", dtype=torch.float16):
                     loss = F.cross_entropy(model(xb), yb)
@@ -201,7 +202,7 @@ def gru_adam_plateau_fp16(run_dir: Path, seed: int) -> None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 scaler.step(opt)
                 scaler.update()
-            val = _evaluate(mon, model, _batches(vx, vy, 64, gen), F.cross_entropy, epoch)
+            val = _evaluate(mon, model, shuffled_batches(vx, vy, 64, gen), F.cross_entropy, epoch)
             sched.step(val)
 
 
@@ -227,7 +228,7 @@ def transformer_warmup_cosine_accum(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizer=opt, scheduler=sched) as mon:
         for epoch in range(epochs):
             mon.epoch(epoch)
-            for i, (xb, yb) in enumerate(mon.loader(_batches(x, y, bs, gen))):
+            for i, (xb, yb) in enumerate(mon.loader(shuffled_batches(x, y, bs, gen))):
                 loss = _ce(model(xb), yb) / accum
                 loss.backward()
                 if (i + 1) % accum == 0:
@@ -235,7 +236,7 @@ def transformer_warmup_cosine_accum(run_dir: Path, seed: int) -> None:
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
-            _evaluate(mon, model, _batches(vx, vy, 32, gen), _ce, epoch)
+            _evaluate(mon, model, shuffled_batches(vx, vy, 32, gen), _ce, epoch)
 
 
 def tiny_noisy_batches(run_dir: Path, seed: int) -> None:
@@ -248,7 +249,7 @@ def tiny_noisy_batches(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizer=opt) as mon:
         for epoch in range(2):
             mon.epoch(epoch)
-            for xb, yb in mon.loader(_batches(x, y, 2, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, 2, gen)):
                 opt.zero_grad()
                 F.cross_entropy(model(xb), yb).backward()
                 opt.step()
@@ -262,7 +263,7 @@ def frozen_backbone(run_dir: Path, seed: int) -> None:
     vx, vy = _images(96, gen)
     model = SmallCNN()
     pre = torch.optim.Adam(model.parameters(), lr=1e-2)  # "pretraining", not recorded
-    for xb, yb in _batches(x, y, 32, gen):
+    for xb, yb in shuffled_batches(x, y, 32, gen):
         pre.zero_grad()
         F.cross_entropy(model(xb), yb).backward()
         pre.step()
@@ -275,11 +276,11 @@ def frozen_backbone(run_dir: Path, seed: int) -> None:
             mon.epoch(epoch)
             model.train()
             model.features.eval()  # frozen BatchNorm statistics, on purpose
-            for xb, yb in mon.loader(_batches(x, y, 32, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, 32, gen)):
                 opt.zero_grad()
                 F.cross_entropy(model(xb), yb).backward()
                 opt.step()
-            _evaluate(mon, model, _batches(vx, vy, 48, gen), F.cross_entropy, epoch)
+            _evaluate(mon, model, shuffled_batches(vx, vy, 48, gen), F.cross_entropy, epoch)
 
 
 def early_stopping_cosine(run_dir: Path, seed: int) -> None:
@@ -298,12 +299,12 @@ def early_stopping_cosine(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizer=opt, scheduler=sched) as mon:
         for epoch in range(12):
             mon.epoch(epoch)
-            for xb, yb in mon.loader(_batches(x, y, 64, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, 64, gen)):
                 opt.zero_grad()
                 F.mse_loss(model(xb), yb).backward()
                 opt.step()
             sched.step()
-            val = _evaluate(mon, model, _batches(vx, vy, 64, gen), F.mse_loss, epoch)
+            val = _evaluate(mon, model, shuffled_batches(vx, vy, 64, gen), F.mse_loss, epoch)
             if val < best - 1e-4:
                 best, bad = val, 0
             else:
@@ -326,7 +327,7 @@ def two_optimizers(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizers=[opt_enc, opt_head]) as mon:
         for epoch in range(3):
             mon.epoch(epoch)
-            for xb, yb in mon.loader(_batches(x, y, 32, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, 32, gen)):
                 opt_enc.zero_grad()
                 opt_head.zero_grad()
                 F.cross_entropy(model(xb), yb).backward()
@@ -347,7 +348,7 @@ def fp16_scaler_growth(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizer=opt, scheduler=sched, scaler=scaler) as mon:
         for epoch in range(3):
             mon.epoch(epoch)
-            for xb, yb in mon.loader(_batches(x, y, 32, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, 32, gen)):
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast("cpu", dtype=torch.float16):
                     loss = F.cross_entropy(model(xb), yb)
@@ -371,7 +372,7 @@ def ema_accum_bf16(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizer=opt, scheduler=sched) as mon:
         for epoch in range(3):
             mon.epoch(epoch)
-            for i, (xb, yb) in enumerate(mon.loader(_batches(x, y, 16, gen))):
+            for i, (xb, yb) in enumerate(mon.loader(shuffled_batches(x, y, 16, gen))):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     loss = F.cross_entropy(model(xb), yb) / 2
                 loss.backward()
@@ -384,7 +385,7 @@ def ema_accum_bf16(run_dir: Path, seed: int) -> None:
             sched.step()
             backup = copy.deepcopy(model.state_dict())
             model.load_state_dict(ema.state_dict())
-            _evaluate(mon, model, _batches(vx, vy, 48, gen), F.cross_entropy, epoch)
+            _evaluate(mon, model, shuffled_batches(vx, vy, 48, gen), F.cross_entropy, epoch)
             model.load_state_dict(backup)
 
 
@@ -399,7 +400,7 @@ def warmup_from_zero_linear(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizer=opt, scheduler=warm) as mon:
         for epoch in range(3):
             mon.epoch(epoch)
-            for xb, yb in mon.loader(_batches(x, y, 32, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, 32, gen)):
                 opt.zero_grad()
                 F.cross_entropy(model(xb), yb).backward()
                 opt.step()
@@ -419,12 +420,12 @@ def long_plain_loop(run_dir: Path, seed: int) -> None:
     with Monitor(run_dir, model=model, optimizer=opt, scheduler=sched) as mon:
         for epoch in range(8):
             mon.epoch(epoch)
-            for xb, yb in mon.loader(_batches(x, y, 32, gen)):
+            for xb, yb in mon.loader(shuffled_batches(x, y, 32, gen)):
                 opt.zero_grad()
                 F.cross_entropy(model(xb), yb).backward()
                 opt.step()
             sched.step()
-            _evaluate(mon, model, _batches(vx, vy, 100, gen), F.cross_entropy, epoch)
+            _evaluate(mon, model, shuffled_batches(vx, vy, 100, gen), F.cross_entropy, epoch)
 
 
 HEALTHY: dict[str, Callable[[Path, int], None]] = {

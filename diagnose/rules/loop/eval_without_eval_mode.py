@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 
 from diagnose.rules._base import Finding, RunTables, Severity, compact_ranges
-from diagnose.rules.loop._callindex import CallIndex, mode_evidence
+from diagnose.rules.loop._callindex import CallIndex, mode_evidence, model_index
 
 NAME = "eval-without-eval-mode"
 SEVERITY = Severity.WARNING
@@ -80,7 +80,7 @@ def check(run: RunTables) -> list[Finding]:
         bad = np.flatnonzero(mine & calls.train_mode)
         if not len(bad):
             continue
-        model = int(obj[5:]) if obj[5:].isdigit() else 0
+        model = model_index(obj) or 0
         differs, modes = mode_evidence(run, model)
         dependent = modes["mode_dependent_modules"]
         dropout = {k: v for k, v in modes["configured_dropout"].items() if v > 0}
