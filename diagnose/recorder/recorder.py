@@ -606,10 +606,13 @@ class Recorder:
                 cur.norms_present, cur.norms = present, norms
 
     def on_batch(self, batch: Any, key: Any = None) -> None:
-        """A training batch arrived (from a watched loader): check its float tensors for
-        NaN/Inf (diagnose/recorder/inputs.py). Batches fetched without autograd are not
-        training batches and are not checked."""
+        """A training batch arrived (from a watched loader): a `batch` marker in the call
+        order, and its float tensors checked for NaN/Inf (diagnose/recorder/inputs.py).
+        Batches fetched without autograd are not training batches: neither."""
         if torch.is_grad_enabled():
+            # a marker in the call order (no step opened, no device work): which backward
+            # passes came from which batch (rule zero-grad-before-step)
+            self._calls.append([schema.BATCH_TOKEN, None])
             self.inputs.add(batch, key)
 
     def data_wait(self, seconds: float) -> None:

@@ -6,7 +6,9 @@ each distinct token is parsed once in Python and the rows are built with numpy t
 
 Token grammar (docs/run-directory.md): `OBJ.METHOD`, a bare `METHOD` (`backward`), an
 optional `[FLAGS]` suffix on forwards, an optional `*COUNT` run-length suffix, and
-`phase:NAME` markers, which are not calls: they set the `phase` of the calls after them.
+`phase:NAME` markers, which are not calls: they set the `phase` of the calls after them,
+and `batch` markers (a training batch arrived from a watched loader), which are not calls
+either: the `batch` column of each call counts those before it.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class _Token:
     method: str
     count: int = 1
     phase: str | None = None
+    batch: bool = False
     training: bool | None = None
     grad: bool | None = None
     inference: bool = False
@@ -47,6 +50,8 @@ def parse_token(token: str) -> _Token:
     if token.startswith(schema.PHASE_TOKEN_PREFIX):
         return _Token(obj="", method="", phase=token[len(schema.PHASE_TOKEN_PREFIX):])
     match = _TOKEN.fullmatch(token)
+    if match is not None and match["method"] == schema.BATCH_TOKEN and not match["obj"] and match["flags"] is None:
+        return _Token(obj="", method="", count=int(match["count"]) if match["count"] else 1, batch=True)
     if match is None:  # unknown future syntax: keep it whole, as a bare method
         return _Token(obj="", method=token)
     flags = match["flags"]
@@ -135,8 +140,10 @@ def calls_table(tokens: CallTokens) -> pd.DataFrame:
 
     phase_u = np.array([p.phase for p in parsed], dtype=object)
     marks = pd.Series(phase_u[codes], dtype=object)
-    is_call = marks.isna().to_numpy()
+    is_batch = np.array([p.batch for p in parsed], dtype=bool)[codes]
+    is_call = marks.isna().to_numpy() & ~is_batch
     phase = marks.ffill().fillna(schema.DEFAULT_PHASE).to_numpy()[is_call]
+    batch = np.cumsum(is_batch, dtype=np.int64)[is_call]
     codes, step_per_token = codes[is_call], step_per_token[is_call]
     if len(codes) == 0:
         return empty_calls()
@@ -151,6 +158,7 @@ def calls_table(tokens: CallTokens) -> pd.DataFrame:
         "inference": np.array([p.inference for p in parsed], dtype=bool)[codes],
         "backprop": _nullable_bool([p.backprop for p in parsed], codes),
         "phase": pd.Categorical(phase),
+        "batch": batch,
         "token": _categorical([u.split("*")[0] for u in tokens.uniques], codes),
     })
     return frame[list(CALLS_COLUMNS)]

@@ -48,6 +48,11 @@ EVENT_RNN_CALL = "rnn_call"
 PHASE_TOKEN_PREFIX = "phase:"
 """A `phase:NAME` token in a `calls` list marks where a phase (`train`, `val`, `test`) begins."""
 DEFAULT_PHASE = "train"
+BATCH_TOKEN = "batch"
+"""A `batch` token in a `calls` list marks where a training batch arrived from a watched loader
+(`Monitor.loader` outside an evaluation phase, the zero-code mode's training DataLoader); like
+`phase:NAME` it is a marker, not a call: the reader counts them in the call table's `batch`
+column."""
 
 
 def rank_dir_name(rank: int) -> str:

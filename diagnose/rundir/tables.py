@@ -30,7 +30,8 @@ PARAMS_COLUMNS = (
 )
 """Columns of `RunTables.params` (indexed by the parameter `index`)."""
 
-CALLS_COLUMNS = ("step", "seq", "obj", "method", "training", "grad", "inference", "backprop", "phase", "token")
+CALLS_COLUMNS = ("step", "seq", "obj", "method", "training", "grad", "inference", "backprop", "phase", "batch",
+                 "token")
 """Columns of `RunTables.calls`: one row per call token, in call order (`seq`)."""
 
 EVENTS_COLUMNS = ("kind", "step", "t_s", "data")
@@ -105,7 +106,9 @@ class RunTables:
             `scaler0`, `sched0`, or `""` for `backward`/`clip_grad_norm_`), `method`,
             `training`/`grad`/`backprop` (nullable bool, forward passes only),
             `inference` (bool), `phase` (`train` unless a `phase:NAME` token said
-            otherwise), `token` (as recorded).
+            otherwise), `batch` (int: how many training batches had arrived from a
+            watched loader before the call, `batch` markers; 0 throughout when none
+            was watched), `token` (as recorded).
         events: `kind`, `step`, `t_s`, `data` (dict of the record's other fields).
         metrics: long format: `step`, `epoch`, `phase`, `name`, `value` (float).
         loss_calls: loss-function calls on sampled steps (`loss_call` events): `step`, `fn`,

@@ -12,7 +12,7 @@ forward's `B` flag is final):
   reached, backward, scaler or optimizer calls, clipping) or the `modelN.train` call
   that ends the evaluation, whichever comes first.
 
-Scheduler steps and `scalerN.update` belong to no phase (ReduceLROnPlateau steps on the
+Scheduler steps, `scalerN.update` and `batch` markers (a training batch arrived) belong to no phase (ReduceLROnPlateau steps on the
 validation loss inside the evaluation). Validation and test cannot be told apart: both
 are `val`.
 """
@@ -34,7 +34,7 @@ def _is_eval_forward(token: list) -> bool:
 
 
 def _is_neutral(name: str) -> bool:
-    return (name.startswith(PHASE_PREFIX)
+    return (name.startswith(PHASE_PREFIX) or name == schema.BATCH_TOKEN
             or (name.startswith("sched") and name.endswith(".step"))
             or name.endswith(".update") or name.endswith(".eval"))
 

@@ -97,7 +97,7 @@ def test_call_order_and_forward_flags(tmp_path):
     _train(tmp_path / "run", amp="fp16", steps=3)
     calls = _calls(tmp_path / "run" / "rank0")
     first_step = calls[: calls.index("sched0.step") + 1]
-    assert first_step == ["model0.forward[TGB]", "scaler0.scale", "backward", "scaler0.unscale_",
+    assert first_step == ["batch", "model0.forward[TGB]", "scaler0.scale", "backward", "scaler0.unscale_",
                           "clip_grad_norm_", "scaler0.step", "opt0.step", "scaler0.update",
                           "sched0.step"]
     assert "opt0.zero_grad" in calls

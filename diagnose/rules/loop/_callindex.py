@@ -96,6 +96,9 @@ class CallIndex:
     in which no backward ever ran (a phase the user named for training is not evaluation)."""
     has_phases: bool
     """Whether the run marked any evaluation phase at all."""
+    batch: np.ndarray
+    """Per row: how many training batches had arrived from a watched loader before the call
+    (the `batch` markers; all 0 when no loader was watched or the run predates them)."""
     step_first: np.ndarray
     """Per row: position of the first row of its step."""
     step_last: np.ndarray
@@ -154,6 +157,8 @@ class CallIndex:
             backprop=_flag(calls["backprop"], True),
             off_phase=off_phase,
             has_phases=bool(off_phase.any()),
+            batch=(pd.to_numeric(calls["batch"], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
+                   if "batch" in calls.columns else np.zeros(len(step), dtype=np.int64)),
             step_first=np.repeat(starts, lengths),
             step_last=np.repeat(ends, lengths),
         )

@@ -1,15 +1,25 @@
-"""Gradients are cleared between backward() and optimizer.step(), so the step has none.
+"""Gradients are cleared between backward() and optimizer.step(), so the step has none
+(or only the last micro-batch's).
 
 ## What it flags
-An optimizer `step()` whose last `backward()` is followed by `optimizer.zero_grad()` (or
-`model.zero_grad()`) before the step, and whose recorded gradients at that step are
-indeed gone: every parameter of that optimizer has no gradient (`set_to_none=True`) or a
-zero one.
+1. An optimizer `step()` whose last `backward()` is followed by `optimizer.zero_grad()`
+   (or `model.zero_grad()`) before the step, and whose recorded gradients at that step are
+   indeed gone: every parameter of that optimizer has no gradient (`set_to_none=True`) or
+   a zero one.
+2. Gradient accumulation that does not accumulate: `zero_grad()` runs for every
+   micro-batch, but the optimizer steps only every k-th one, so each step uses the last
+   micro-batch's gradient and the other k-1 backward passes are thrown away. Seen in the
+   call order as backward passes on training batches that no optimizer step used (a
+   `zero_grad` cleared them first) while a *newer* batch's backward reached the step, on
+   most steps.
 
 ## Why it matters
 The optimizer steps on empty gradients: nothing learns (with weight decay or momentum the
 weights still drift, which hides it). The loss stays flat and the run burns its compute.
 It usually comes from moving `zero_grad()` "to the end of the iteration" one line too early.
+With accumulation, the run trains on a k-times smaller batch than intended (noisier
+gradients, an LR tuned for the big batch), and k-1 of every k forward/backward passes are
+wasted compute.
 
 ## Example
 ```python
@@ -23,6 +33,22 @@ optimizer.zero_grad(set_to_none=True)
 loss.backward()
 optimizer.step()
 ```
+Accumulation:
+```python
+for i, (x, y) in enumerate(loader):
+    optimizer.zero_grad()              # BUG: clears the micro-batches accumulated so far
+    (criterion(model(x), y) / accum).backward()
+    if (i + 1) % accum == 0:
+        optimizer.step()
+```
+Use instead: clear only after a step.
+```python
+for i, (x, y) in enumerate(loader):
+    (criterion(model(x), y) / accum).backward()
+    if (i + 1) % accum == 0:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+```
 
 ## Thresholds
 - The call order decides which steps are suspects. A suspect counts as confirmed when the
@@ -34,6 +60,32 @@ optimizer.step()
   `zero_grad`, as gradient-surgery methods do, has non-zero norms there and stays
   silent), or on the call order alone when no suspect step was due for recording.
 - No healthy scenario (12, seeds 0-2) or healthy reference run has a suspect step.
+- Accumulation (2.) needs to know which batch each backward pass came from: the `batch`
+  markers a watched loader puts in the call order (`Monitor.loader`, the zero-code mode's
+  training DataLoader). Without them (batches sliced by hand from a tensor) this part
+  stays silent. A backward pass is *used* when an optimizer step call (any optimizer's,
+  or a GradScaler's) comes after it before any `zero_grad`; a batch is *discarded* when
+  none of its backward passes was used and a later batch's backward reached the next
+  step. Reusing a batch is therefore never flagged: SAM/ASAM (two backward passes on one
+  batch, the first cleared), an adversarial (FGSM/PGD) or saliency backward cleared
+  before the training backward on the same batch, LBFGS's closure, a GAN whose
+  generator backward is cleared by the discriminator's `zero_grad`, a probe backward on a
+  batch a step already used, gradient surgery and per-sample clipping by hand (every
+  backward cleared, the gradient written into `.grad` by the loop: no batch reaches the
+  step, so nothing is "partly" used).
+- It fires when at least `MIN_ACCUMULATION_STEPS` (3) steps and at least
+  `ACCUMULATION_FRACTION` (75%) of the steps that used a batch also discarded one. The
+  buggy loops tested discard on 100% of their steps (step 0 included); legitimate
+  discarding is occasional: a partial accumulation window cleared at the next epoch's
+  first `zero_grad` costs one step per epoch (50% at most, with 2 steps an epoch), a batch
+  skipped for a non-finite loss one step now and then. All 65 healthy runs and 29 near
+  misses of bench/false_alarms.py, and the accumulation look-alikes of
+  tests/harness/faults_accumulation.py (SAM, ASAM, FGSM, PGD, saliency probes, WGAN-GP
+  critic iterations, LBFGS, correct accumulation with a partial window, `set_to_none=False`)
+  discard on 0% of their steps, except the partial window (one step per epoch).
+- Limit: a loop that fetches the *next* batch between an adversarial backward and the
+  training backward on the current batch reads as a new batch; a loop that fetches its
+  batches under `torch.no_grad()` leaves no markers (silent).
 """
 from __future__ import annotations
 
@@ -49,6 +101,18 @@ REQUIRES = ("calls",)
 
 CONFIRMED_FRACTION = 0.5
 """Share of the suspect steps with recorded norms whose gradients must be gone."""
+ACCUMULATION_FRACTION = 0.75
+"""Share of the steps that used a batch which must also have discarded one (accumulation)."""
+MIN_ACCUMULATION_STEPS = 3
+"""Steps at least that discarded a batch (accumulation)."""
+
+_ACCUMULATION_FIX = """Clear the gradients only after an optimizer step, never for every micro-batch:
+    for i, (x, y) in enumerate(loader):
+        loss = criterion(model(x), y) / accum
+        loss.backward()                       # adds to .grad
+        if (i + 1) % accum == 0:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)"""
 
 _FIX = """Clear the gradients before the backward pass, never between it and the step:
     optimizer.zero_grad(set_to_none=True)
@@ -89,10 +153,81 @@ def _gradients_gone(run: RunTables, steps: list[int], columns: list[int]) -> tup
     return len(due), gone + without_row
 
 
+def _accumulation(calls: CallIndex) -> Finding | None:
+    """Backward passes of training batches cleared before any step used them, while a newer
+    batch's backward reached the step (the module docstring, 2.)."""
+    n = len(calls)
+    batch = calls.batch
+    if not n or not batch.any() or not calls.any_opt_step.any():
+        return None
+    backward = np.flatnonzero(calls.backward & (batch > 0))
+    if not len(backward):
+        return None
+    after = np.minimum(backward + 1, n - 1)
+    next_step = np.where(backward + 1 < n, calls.next_at_or_after(calls.any_opt_step)[after], n)
+    next_clear = np.where(backward + 1 < n, calls.next_at_or_after(calls.zero_grad)[after], n)
+    stepped = next_step < n
+    used = stepped & (next_step < next_clear)
+    used_batches = set(batch[backward[used]].tolist())
+    windows: dict[int, dict[int, bool]] = {}  # step call -> {batch: discarded}
+    passes: dict[int, int] = {}
+    for p, s, u in zip(backward[stepped].tolist(), next_step[stepped].tolist(), used[stepped].tolist()):
+        b = int(batch[p])
+        window = windows.setdefault(s, {})
+        window[b] = window.get(b, True) and not u and b not in used_batches
+        passes[s] = passes.get(s, 0) + 1
+    using = {s: w for s, w in windows.items() if not all(w.values())}  # steps that used a batch
+    hit = sorted(s for s, w in using.items() if any(w.values()))
+    if len(hit) < MIN_ACCUMULATION_STEPS or len(hit) < ACCUMULATION_FRACTION * len(using):
+        return None
+    first = hit[0]
+    kept = [sum(not d for d in windows[s].values()) for s in hit]
+    dropped = [sum(windows[s].values()) for s in hit]
+    k = int(np.median([a + b for a, b in zip(kept, dropped)]))
+    d = int(np.median(dropped))
+    steps = sorted(set(calls.step[hit].tolist()))
+    opts = sorted(set(str(calls.obj[s]) for s in hit))
+    opt = opts[0] if len(opts) == 1 else ", ".join(opts)
+    clear_before = calls.last_at_or_before(calls.zero_grad)[first]
+    clearing = str(calls.token[clear_before]) if clear_before >= 0 else "zero_grad"
+    step_call = f"{calls.obj[first]}.step"
+    return Finding(
+        rule=NAME,
+        severity=SEVERITY,
+        title=(f"Gradient accumulation discards micro-batches: {clearing} runs before every micro-batch's "
+               f"backward but {step_call}() only after {k} of them, so each step keeps {k - d} of {k} backward "
+               f"passes and discards {d} ({len(steps)} of {len(using)} steps, from step {steps[0]})"),
+        steps=(steps[0], steps[-1]),
+        evidence={
+            "pattern": "zero_grad every micro-batch, step every k-th",
+            "optimizer": opt,
+            "step": steps[0],
+            "first_step": steps[0],
+            "affected_steps": len(steps),
+            "optimizer_steps": len(using),
+            "step_ranges": compact_ranges(steps),
+            "batches_per_step": k,
+            "discarded_per_step": d,
+            "backward_per_step": int(np.median([passes[s] for s in hit])),
+            "discarded_batches": int(sum(dropped)),
+            "clearing_call": clearing,
+            "sequence": calls.sequence(first),
+        },
+        explanation=(f"Each {step_call}() is preceded by backward passes on {k} different training batches, but "
+                     f"{clearing} runs before each of them, so the gradients of the first {d} are cleared before "
+                     f"any optimizer step uses them: the step sees only the last micro-batch's gradient. The run "
+                     f"trains on a {k}x smaller batch than the accumulation was meant to give (noisier steps, an LR "
+                     f"meant for the big batch), and {d} of every {k} forward/backward passes are wasted. "
+                     f"First seen at step {steps[0]}."),
+        fix=_ACCUMULATION_FIX,
+    )
+
+
 def check(run: RunTables) -> list[Finding]:
     calls = CallIndex.of(run)
     if not len(calls) or not calls.zero_grad.any():
         return []
+    accumulation = _accumulation(calls)
     last_backward = calls.last_at_or_before(calls.backward)
     model_clear = calls.zero_grad & calls.where_obj(lambda o: o.startswith("model"))
     findings = []
@@ -139,4 +274,6 @@ def check(run: RunTables) -> list[Finding]:
                            "which can hide it."),
             fix=_FIX,
         ))
+    if accumulation is not None:
+        findings.append(accumulation)
     return findings
