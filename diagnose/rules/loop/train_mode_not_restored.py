@@ -4,11 +4,14 @@
 Training forwards (a backward later reached their output) of a watched model that run
 with the model in eval mode after an evaluation of that model (eval-mode forwards no
 backward reached) — including a sanity-check evaluation before the first step — in a
-run where the same model also trains in training mode at some point (so eval mode is
-not the loop's deliberate choice). It looks at the mode of the *root* model recorded in
-each forward: a backbone frozen in eval mode inside a model that is in training mode
-(`model.train(); model.backbone.eval()`) reads as training mode and is fine, and so is a
-model kept in eval mode for every training step of the run.
+run where the same model also trains in training mode at some point, or where an
+evaluation of the model came before its first training step (so eval mode is not the
+loop's deliberate choice: a baseline validation before the loop, and no `model.train()`
+anywhere, trains the whole run in eval mode). It looks at the mode of the *root* model
+recorded in each forward: a backbone frozen in eval mode inside a model that is in
+training mode (`model.train(); model.backbone.eval()`) reads as training mode and is
+fine, and so is a model put in eval mode before its first training step and kept there,
+with no evaluation in between.
 
 ## Why it matters
 In eval mode Dropout is off and BatchNorm normalises with its running statistics and
@@ -41,7 +44,10 @@ declared (Dropout owns no parameters and cannot show in the record). Silent on t
 healthy scenarios (seeds 0-2; one of them keeps a frozen backbone in eval mode), the
 healthy reference runs, and a loop that trains in eval mode from its first step. A loop that deliberately switches
 the whole model to eval mode for its last epochs (instead of freezing the BatchNorm
-layers) and evaluates between epochs reads the same as the bug and is flagged.
+layers) and evaluates between epochs reads the same as the bug and is flagged, and so
+does a loop kept in eval mode on purpose that runs a baseline validation before its
+first step (field test round 3: tests/scripts/sanity_eval_before_training.py, the bug,
+was missed while the rule required one training step in training mode).
 """
 from __future__ import annotations
 
@@ -73,11 +79,17 @@ def check(run: RunTables) -> list[Finding]:
     findings = []
     for obj in sorted(set(calls.obj[training & calls.eval_mode].tolist())):
         mine = calls.is_obj(obj)
-        if not (training & mine & calls.train_mode).any():
-            continue  # never trained in training mode: eval mode is the loop's choice
         eval_rows = np.flatnonzero(evaluation & mine)
         if not len(eval_rows):
             continue
+        ever_in_train_mode = bool((training & mine & calls.train_mode).any())
+        if not ever_in_train_mode:
+            # every training forward ran in eval mode: the loop's choice (a fine-tune kept in
+            # eval mode from its first step), unless an evaluation of this model came first and
+            # left it there (a sanity validation before the loop, then no model.train())
+            first_training = int(np.flatnonzero(training & mine)[0])
+            if eval_rows[0] > first_training:
+                continue
         bad = np.flatnonzero(training & mine & calls.eval_mode)
         bad = bad[bad > eval_rows[0]]
         if not len(bad):
@@ -108,8 +120,11 @@ def check(run: RunTables) -> list[Finding]:
                 **modes,
             },
             explanation=(f"{obj} was switched to eval mode for an evaluation (step {int(calls.step[last_eval])}), "
-                         f"and its training forwards from step {steps[0]} on still ran in eval mode, while it trains "
-                         "in training mode elsewhere in the run: model.train() was not called after the evaluation. "
+                         f"and its training forwards from step {steps[0]} on still ran in eval mode"
+                         + (", while it trains in training mode elsewhere in the run: model.train() was not called "
+                            "after the evaluation. " if ever_in_train_mode else
+                            ": no training step of the run ran in training mode, model.train() was never called "
+                            "after that first evaluation. ")
                          + ("Dropout was off and BatchNorm used (and stopped updating) its running statistics for "
                             f"{len(steps)} training steps." if differs else
                             "Every parameter belongs to a layer that computes the same in both modes and the config "

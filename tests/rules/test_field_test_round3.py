@@ -1,0 +1,73 @@
+"""What field-test round 3 (docs/rules.md "Field test") changed, on tiny Monitor loops: the
+zero-code scripts of tests/scripts show each case end to end; these pin each fix down and
+the healthy loops next to it that must stay silent.
+
+- train-mode-not-restored: a baseline validation before the loop that leaves the model in
+  eval mode for the *whole* run (no `model.train()` anywhere) is the bug; a model put in
+  eval mode before its first step on purpose (no evaluation before it) stays a choice;
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from diagnose import Monitor
+from diagnose.rules._base import Severity
+from diagnose.rules.loop import train_mode_not_restored
+from diagnose.rundir.reader import read_run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _data(n: int = 256):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=gen)
+    return x, (x[:, 0] - x[:, 1] > 0).long()
+
+
+def _norm_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
+
+
+# ---- train-mode-not-restored: a sanity validation before a loop that never calls train() ------
+
+def _eval_mode_loop(run_dir: Path, sanity_validation: bool) -> None:
+    x, y = _data()
+    model = _norm_net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def validate():
+        model.eval()
+        with torch.no_grad():
+            return F.cross_entropy(model(x[:64]), y[:64]).item()
+
+    with Monitor(run_dir, model=model, optimizer=opt):
+        if sanity_validation:
+            validate()                  # leaves the model in eval mode: never undone
+        else:
+            model.eval()                # on purpose: BatchNorm and Dropout frozen for the run
+        for epoch in range(2):
+            for i in range(0, 256, 32):
+                opt.zero_grad()
+                F.cross_entropy(model(x[i:i + 32]), y[i:i + 32]).backward()
+                opt.step()
+            validate()
+
+
+def test_sanity_validation_before_a_loop_that_never_calls_train(tmp_path: Path) -> None:
+    _eval_mode_loop(tmp_path / "run", sanity_validation=True)
+    [finding] = train_mode_not_restored.check(read_run(tmp_path / "run").first)
+    assert finding.severity == Severity.WARNING
+    ev = finding.evidence
+    assert (ev["first_step"], ev["evaluation_step"], ev["steps_in_eval_mode"], ev["training_steps"]) == (0, 0, 16, 16)
+    assert "model.train() was never called" in finding.explanation
+
+
+def test_eval_mode_from_the_first_step_with_validations_after_is_a_choice(tmp_path: Path) -> None:
+    _eval_mode_loop(tmp_path / "run", sanity_validation=False)
+    assert train_mode_not_restored.check(read_run(tmp_path / "run").first) == []
