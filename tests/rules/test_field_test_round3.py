@@ -5,6 +5,9 @@ the healthy loops next to it that must stay silent.
 - train-mode-not-restored: a baseline validation before the loop that leaves the model in
   eval mode for the *whole* run (no `model.train()` anywhere) is the bug; a model put in
   eval mode before its first step on purpose (no evaluation before it) stays a choice;
+- nonfinite-loss: says how the loss got there: a divergence (the last finite losses >= 100x
+  the start: a learning rate too high, which no other rule named when it overflowed within
+  a few steps) or a sudden jump from an unremarkable loss (an operation at a singular point).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from diagnose import Monitor
 from diagnose.rules._base import Severity
 from diagnose.rules.loop import train_mode_not_restored
+from diagnose.rules.numerics import nonfinite_loss
 from diagnose.rundir.reader import read_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,3 +75,43 @@ def test_sanity_validation_before_a_loop_that_never_calls_train(tmp_path: Path) 
 def test_eval_mode_from_the_first_step_with_validations_after_is_a_choice(tmp_path: Path) -> None:
     _eval_mode_loop(tmp_path / "run", sanity_validation=False)
     assert train_mode_not_restored.check(read_run(tmp_path / "run").first) == []
+
+
+# ---- nonfinite-loss: how the loss became non-finite ---------------------------------------------
+
+def _regression_loop(run_dir: Path, lr: float, log_zero_at: int | None = None) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 6, generator=gen) * torch.tensor([1.0, 1.0, 1.0, 3.0, 3.0, 5.0])
+    y = x @ torch.randn(6, 1, generator=gen)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    with Monitor(run_dir, model=model, optimizer=opt):
+        for step in range(24):
+            i = (step * 32) % 512
+            err = (model(x[i:i + 32]) - y[i:i + 32]) ** 2
+            loss = err.mean()
+            if step == log_zero_at:   # a hand-written loss meets log(0): 0 * -inf
+                loss = loss + (0 * torch.log(torch.zeros(1))).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def test_a_learning_rate_too_high_is_named_when_the_loss_overflows(tmp_path: Path) -> None:
+    _regression_loop(tmp_path / "run", lr=0.1)
+    [finding] = nonfinite_loss.check(read_run(tmp_path / "run").first)
+    lead = finding.evidence["lead_up"]
+    assert lead["kind"] == "divergence" and lead["growth"] >= 100
+    assert lead["onset_step"] < finding.evidence["first_step"] and lead["grad_norm_peak"] > 100 * lead["grad_norm_before"]
+    assert "learning rate too high" in finding.explanation and "corrupted" not in finding.explanation
+    assert f"from step {lead['onset_step']}" in finding.title
+
+
+def test_a_sudden_nan_from_a_sound_loss_is_not_called_a_divergence(tmp_path: Path) -> None:
+    _regression_loop(tmp_path / "run", lr=0.002, log_zero_at=12)
+    [finding] = nonfinite_loss.check(read_run(tmp_path / "run").first)
+    assert finding.evidence["first_step"] == 12
+    lead = finding.evidence["lead_up"]
+    assert lead["kind"] == "sudden" and lead["last_finite_step"] == 11
+    assert "singular point" in finding.explanation and "learning rate too high" not in finding.explanation
