@@ -8,6 +8,9 @@ the healthy loops next to it that must stay silent.
 - nonfinite-loss: says how the loss got there: a divergence (the last finite losses >= 100x
   the start: a learning rate too high, which no other rule named when it overflowed within
   a few steps) or a sudden jump from an unremarkable loss (an operation at a singular point).
+- evaluation forwards (all loop rules): a chain of no_grad forwards of different models
+  that ends in a training forward (reentrant `checkpoint_sequential`'s first segments) is
+  part of the training step, not a validation in train mode.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import torch.nn.functional as F
 
 from diagnose import Monitor
 from diagnose.rules._base import Severity
-from diagnose.rules.loop import train_mode_not_restored
+from diagnose.rules.loop import eval_without_eval_mode, train_mode_not_restored
+from diagnose.rules.loop._callindex import CallIndex
 from diagnose.rules.numerics import nonfinite_loss
 from diagnose.rundir.reader import read_run
 
@@ -115,3 +119,49 @@ def test_a_sudden_nan_from_a_sound_loss_is_not_called_a_divergence(tmp_path: Pat
     lead = finding.evidence["lead_up"]
     assert lead["kind"] == "sudden" and lead["last_finite_step"] == 11
     assert "singular point" in finding.explanation and "learning rate too high" not in finding.explanation
+
+
+# ---- evaluation forwards: a chain of no_grad forwards that feeds a training forward ------------
+
+def _checkpointed_layers(run_dir: Path, validate_in_train_mode: bool) -> None:
+    """Reentrant `checkpoint_sequential`: its first segments run each layer under no_grad (in
+    train mode) and recompute them in backward; here each layer is a watched model."""
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    x, y = _data()
+    torch.manual_seed(0)
+    layers = [nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16), nn.BatchNorm1d(16),
+              nn.ReLU(), nn.Linear(16, 2)]
+    seq = nn.Sequential(*layers)
+    models = [m for m in layers if any(True for _ in m.parameters())]
+    opt = torch.optim.Adam(seq.parameters(), lr=1e-3)
+    with Monitor(run_dir, models=models, optimizer=opt):
+        for epoch in range(2):
+            seq.train()
+            for i in range(0, 256, 32):
+                out = checkpoint_sequential(seq, 3, x[i:i + 32].requires_grad_(), use_reentrant=True)
+                opt.zero_grad()
+                F.cross_entropy(out, y[i:i + 32]).backward()
+                opt.step()
+            if not validate_in_train_mode:
+                seq.eval()
+            with torch.no_grad():
+                seq(x[:64])
+
+
+def test_a_chain_of_no_grad_forwards_feeding_training_is_not_evaluation(tmp_path: Path) -> None:
+    _checkpointed_layers(tmp_path / "run", validate_in_train_mode=False)
+    tables = read_run(tmp_path / "run").first
+    calls = CallIndex.of(tables)
+    chained = calls.forward & calls.no_grad & calls.train_mode
+    assert chained.sum() >= 16 * 3 and (calls.feeds_training() == chained).all()
+    assert eval_without_eval_mode.check(tables) == []
+
+
+def test_a_validation_in_train_mode_is_still_found_beside_the_chains(tmp_path: Path) -> None:
+    _checkpointed_layers(tmp_path / "run", validate_in_train_mode=True)
+    findings = {f.evidence["model"]: f for f in eval_without_eval_mode.check(read_run(tmp_path / "run").first)}
+    # both validations, in every layer
+    assert {m: (f.evidence["first_step"], f.evidence["evaluations"]) for m, f in findings.items()} == \
+        {f"model{k}": (7, 2) for k in range(5)}
+    assert findings["model1"].severity == findings["model3"].severity == Severity.WARNING  # BatchNorm

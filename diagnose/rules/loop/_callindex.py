@@ -33,6 +33,10 @@ SEQUENCE_LIMIT = 24
 """Tokens at most in an evidence `sequence` (after run-length encoding)."""
 
 
+CHAIN_LIMIT = 64
+"""Most links of a chain of models feeding a training forward (`CallIndex.feeds_training`)."""
+
+
 def _mask(column: pd.Series, predicate: Callable[[str], bool]) -> np.ndarray:
     """`predicate` of each value of a (categorical) string column, evaluated once per category."""
     if isinstance(column.dtype, pd.CategoricalDtype):
@@ -213,15 +217,34 @@ class CallIndex:
         evaluation. Found in the field test (tests/scripts/healthy_wgan_gp_critic.py: a
         BatchNorm generator sampled under no_grad in train mode read as a validation).
         A validation of one model ends with its `train()` call or its own next training
-        forward, never another model's, so it is not affected."""
+        forward, never another model's, so it is not affected.
+
+        The same holds down a chain of models: a forward whose next call is another model's
+        forward that fed training fed it too (field test round 3:
+        tests/scripts/healthy_checkpoint_sequential_reentrant.py, where reentrant
+        `checkpoint_sequential` runs each layer of the first segments under no_grad, each a
+        separate "model" to the zero-code mode because the Sequential itself is never called
+        in training, and only the last segment with autograd: the BatchNorm layers among them
+        read as a validation in train mode). A chain never passes the same model twice (a
+        validation run through those layers right before the next step's chain restarts the
+        pipeline: only its last layer's forward joins) and has at most `CHAIN_LIMIT` models."""
         n = len(self)
         if not n:
             return np.zeros(0, dtype=bool)
         passive = self.zero_grad | self.sched_step | (self.method == "update")
         after = np.r_[self.next_at_or_after(~passive)[1:], n]
         target = np.minimum(after, n - 1)
-        return (self.forward & ~self.backprop & (after < n) & self.forward[target] & self.backprop[target]
-                & (self.obj[target] != self.obj))
+        link = self.forward & ~self.backprop & (after < n) & self.forward[target] & (self.obj[target] != self.obj)
+        feeds = link & self.backprop[target]
+        members: dict[int, frozenset] = {}
+        for i in np.flatnonzero(link)[::-1].tolist():  # a link points forward: its target is done
+            t = int(target[i])
+            if feeds[i]:
+                members[i] = frozenset((self.obj[i], self.obj[t]))
+            elif t in members and self.obj[i] not in members[t] and len(members[t]) < CHAIN_LIMIT:
+                feeds[i] = True
+                members[i] = members[t] | {self.obj[i]}
+        return feeds
 
     # ---- evidence --------------------------------------------------------------------------
     def rows_of_step(self, step: int) -> np.ndarray:
