@@ -29,6 +29,16 @@ An `rnn_call` event holds the module's class, `batch_first` and input shape, and
 `Monitor.loader` or the zero-code mode's DataLoader wrapper), when known. A
 `PackedSequence` input carries no layout question (it knows its batch sizes): it is
 recorded as `packed: true` without a shape and never judged.
+
+A third kind, for `eval-without-eval-mode`: dropout written as a function call that
+ignores `model.eval()`. `F.dropout` (and `dropout1d/2d/3d`) called without its
+`training` argument defaults to `training=True`: inside a forward of a watched model in
+eval mode it keeps dropping units during evaluation. An `eval_dropout` event (at most one
+a step, `MAX_EVAL_DROPOUT` in all) holds the function, `p`, and the model's forward
+token. `nn.Dropout` passes `self.training` (four positional arguments), so it is never
+recorded; a call that passes `training=True` on purpose (Monte Carlo dropout) is not
+either. The check costs a length test per call. Not seen: `F.scaled_dot_product_attention`
+called with `dropout_p > 0` in eval mode (a builtin: wrapping it would break TorchScript).
 """
 from __future__ import annotations
 
@@ -49,6 +59,10 @@ LOSS_FUNCTIONS = ("cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1
                   "huber_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits")
 CLASS_LOSSES = ("cross_entropy", "nll_loss")
 """Losses whose prediction is a score per class (dimension 1, or 0 when unbatched)."""
+
+DROPOUT_FUNCTIONS = ("dropout", "dropout1d", "dropout2d", "dropout3d")
+"""`F.<name>(input, p=0.5, training=True, inplace=False)`: training defaults to True."""
+MAX_EVAL_DROPOUT = 32
 
 FIRST_STEPS = 5
 EVERY = 100
@@ -95,6 +109,8 @@ class ContractWatcher:
         self._rnn_ids: dict[int, int] = {}
         self._rnn_names: dict[int, str] = {}
         self._off = False
+        self._eval_dropout = 0
+        self._eval_dropout_step = -1
 
     def _pending_step(self) -> int:
         """The step a call made now belongs to (the next one once an optimizer step ran)."""
@@ -164,6 +180,24 @@ class ContractWatcher:
                 self._drain(block=False)
                 return
         self.rec.writer.line(schema.EVENTS_FILE, record)
+
+    def on_eval_dropout(self, name: str, p: Any) -> None:
+        """A dropout that ignores the module mode (`name`, rate `p`) is about to run: an
+        `eval_dropout` event when that is inside a forward of a watched model in eval mode."""
+        rec = self.rec
+        token = rec._last_forward
+        if rec.forward_depth <= 0 or token is None or not (token[1] or "").startswith(schema.FLAG_EVAL):
+            return
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 0:
+            return
+        step = rec.step  # an evaluation after the optimizer step belongs to that step's calls
+        if self._eval_dropout >= MAX_EVAL_DROPOUT or step == self._eval_dropout_step:
+            return
+        self._eval_dropout += 1
+        self._eval_dropout_step = step
+        self.rec.writer.line(schema.EVENTS_FILE, {
+            "kind": schema.EVENT_EVAL_DROPOUT, "step": step, "t_s": rec._now(), "fn": name, "p": float(p),
+            "model": str(token[0]).split(".")[0], "forward_token": f"{token[0]}[{token[1]}]"})
 
     def on_rnn(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """An `nn.LSTM`/`GRU`/`RNN` forward is about to run."""
@@ -256,6 +290,21 @@ def _wrap_loss(name: str) -> Callable[[Callable], Callable]:
     return make
 
 
+def _wrap_dropout(name: str) -> Callable[[Callable], Callable]:
+    def make(original: Callable) -> Callable:
+        listeners, compiling, each = hooks._listeners, hooks._is_compiling, _each_watcher
+
+        def dropout(*args, **kwargs):
+            # training not given: it defaults to True, whatever the module's mode
+            if len(args) < 3 and "training" not in kwargs and listeners and not compiling():
+                each("on_eval_dropout", name, args[1] if len(args) > 1 else kwargs.get("p", 0.5))
+            return original(*args, **kwargs)
+
+        return _with_globals(dropout, original)
+
+    return make
+
+
 def _wrap_rnn_forward(original: Callable) -> Callable:
     listeners, compiling, each = hooks._listeners, hooks._is_compiling, _each_watcher
 
@@ -273,6 +322,7 @@ def global_targets() -> list[tuple[Any, str, Callable[[Callable], Callable]]]:
 
     targets: list[tuple[Any, str, Callable[[Callable], Callable]]] = [
         (F, name, _wrap_loss(name)) for name in LOSS_FUNCTIONS if hasattr(F, name)]
+    targets += [(F, name, _wrap_dropout(name)) for name in DROPOUT_FUNCTIONS if hasattr(F, name)]
     for cls in (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN):
         if "forward" in cls.__dict__:  # restored by setattr: only a method of the class itself
             targets.append((cls, "forward", _wrap_rnn_forward))

@@ -135,6 +135,10 @@ class Recorder:
         self._unscaled: set[int] = set()
         self._scaled_out_id: int | None = None
         self._scaled_loss: torch.Tensor | None = None
+        self._last_forward: list | None = None
+        self.forward_depth = 0
+        """Watched-model forwards open now (pre-hook ran, post-hook not yet): the functional
+        dropout check (recorder/contracts.py) asks whether a call is inside one."""
         self._wait_pending = 0.0
         self._last_step_t: float | None = None
         self._last_usage = system.cpu_usage()
@@ -423,6 +427,7 @@ class Recorder:
         if training and grad:
             self._open_if_stepped()
         self._last_forward = self._token(f"model{index}.forward", forward_flags(training))
+        self.forward_depth += 1
         if training and grad and index == 0:
             samples, tokens = batch_size(args if args or not kwargs else kwargs)
             self._cur.samples += samples
@@ -443,6 +448,7 @@ class Recorder:
         self.inputs.add_forward_inputs(f"model{index}", (), kwargs)
 
     def on_forward(self, index: int, output: Any) -> None:
+        self.forward_depth = max(0, self.forward_depth - 1)
         if not torch.is_grad_enabled():
             return
         tensor = _first_tensor(output, needs_grad=True)
@@ -457,6 +463,7 @@ class Recorder:
         tensor.register_hook(mark)
 
     def on_backward(self, tensor: torch.Tensor) -> None:
+        self.forward_depth = 0  # a forward that raised never ran its post-hook
         self._open_if_stepped()
         self._token("backward")
         if tensor.numel() != 1 or not tensor.is_floating_point():

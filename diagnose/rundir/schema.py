@@ -44,6 +44,9 @@ EVENT_LOSS_CALL = "loss_call"
 """events.jsonl kind: a loss function's call on a sampled step (recorder/contracts.py)."""
 EVENT_RNN_CALL = "rnn_call"
 """events.jsonl kind: an nn.LSTM/GRU/RNN forward on a sampled step (recorder/contracts.py)."""
+EVENT_EVAL_DROPOUT = "eval_dropout"
+"""events.jsonl kind: a functional dropout that ignores eval mode (`F.dropout` without
+`training=`) ran inside a forward of a watched model in eval mode (recorder/contracts.py)."""
 
 PHASE_TOKEN_PREFIX = "phase:"
 """A `phase:NAME` token in a `calls` list marks where a phase (`train`, `val`, `test`) begins."""

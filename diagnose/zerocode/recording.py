@@ -48,6 +48,7 @@ class ZeroCodeRecorder(Recorder):
         samples, tokens = batch_size(args) if (training and grad) else (0, 0)
         self._pending.append((token, module, "forward", samples, tokens))
         self._last_forward = token
+        self.forward_depth += 1
 
     def pending_call(self, module: torch.nn.Module, kind: str, opens_step: bool) -> None:
         """`train`, `eval` or `zero_grad` of a module that may turn out to be a model."""

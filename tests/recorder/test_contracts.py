@@ -95,18 +95,19 @@ def test_recording_changes_no_numbers_and_no_rng(tmp_path) -> None:
 
 
 def test_wrappers_are_removed_and_torchscript_still_works(tmp_path) -> None:
-    originals = {name: getattr(F, name) for name in contracts.LOSS_FUNCTIONS}
+    originals = {name: getattr(F, name) for name in contracts.LOSS_FUNCTIONS + contracts.DROPOUT_FUNCTIONS}
     lstm_forward = nn.LSTM.forward
     with Monitor(tmp_path / "run", model=nn.Linear(2, 2)):
         assert F.mse_loss is not originals["mse_loss"] and nn.LSTM.forward is not lstm_forward
+        assert F.dropout is not originals["dropout"]
 
         @torch.jit.script
         def scripted(a, b):
-            return F.mse_loss(a, b) + F.cross_entropy(a, b)
+            return F.mse_loss(a, b) + F.cross_entropy(F.dropout(a, 0.1), b)
 
         assert torch.isfinite(scripted(torch.randn(3, 2), torch.rand(3, 2)))
         torch.jit.script(nn.LSTM(2, 3))
-    assert {name: getattr(F, name) for name in contracts.LOSS_FUNCTIONS} == originals
+    assert {name: getattr(F, name) for name in contracts.LOSS_FUNCTIONS + contracts.DROPOUT_FUNCTIONS} == originals
     assert nn.LSTM.forward is lstm_forward
 
 

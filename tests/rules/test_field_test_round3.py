@@ -11,6 +11,9 @@ the healthy loops next to it that must stay silent.
 - evaluation forwards (all loop rules): a chain of no_grad forwards of different models
   that ends in a training forward (reentrant `checkpoint_sequential`'s first segments) is
   part of the training step, not a validation in train mode.
+- eval-without-eval-mode: `F.dropout(h, p)` without `training=` in a model's forward keeps
+  dropping units after `model.eval()` (recorded as `eval_dropout` events); `nn.Dropout` and
+  an explicit `training=True` (Monte Carlo dropout) stay silent.
 """
 from __future__ import annotations
 
@@ -165,3 +168,58 @@ def test_a_validation_in_train_mode_is_still_found_beside_the_chains(tmp_path: P
     assert {m: (f.evidence["first_step"], f.evidence["evaluations"]) for m, f in findings.items()} == \
         {f"model{k}": (7, 2) for k in range(5)}
     assert findings["model1"].severity == findings["model3"].severity == Severity.WARNING  # BatchNorm
+
+
+# ---- eval-without-eval-mode: a functional dropout that ignores model.eval() -------------------
+
+class _FunctionalDropoutNet(nn.Module):
+    def __init__(self, style: str):
+        super().__init__()
+        self.fc1, self.fc2, self.style = nn.Linear(8, 32), nn.Linear(32, 2), style
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        if self.style == "default":
+            h = F.dropout(h, 0.3)                     # the bug: training defaults to True
+        elif self.style == "mc":
+            h = F.dropout(h, p=0.3, training=True)    # Monte Carlo dropout, on purpose
+        elif self.style == "mode":
+            h = F.dropout(h, 0.3, training=self.training)
+        else:
+            h = self.drop(h)
+        return self.fc2(h)
+
+
+def _dropout_loop(run_dir: Path, style: str) -> None:
+    x, y = _data()
+    torch.manual_seed(0)
+    model = _FunctionalDropoutNet(style)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with Monitor(run_dir, model=model, optimizer=opt):
+        for epoch in range(3):
+            model.train()
+            for i in range(0, 256, 64):
+                opt.zero_grad()
+                F.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                model(x[:64])
+
+
+def test_functional_dropout_without_training_argument_is_found(tmp_path: Path) -> None:
+    _dropout_loop(tmp_path / "run", "default")
+    [finding] = eval_without_eval_mode.check(read_run(tmp_path / "run").first)
+    assert finding.severity == Severity.WARNING and finding.evidence["kind"] == "functional-dropout"
+    ev = finding.evidence
+    assert (ev["first_step"], ev["steps_seen"], ev["functions"], ev["p"]) == (3, 3, ["dropout"], [0.3])
+    assert ev["forward_token"] == "model0.forward[EN]" and "training=self.training" in finding.fix
+
+
+@pytest.mark.parametrize("style", ["mc", "mode", "module"])
+def test_dropout_that_follows_the_mode_or_is_on_on_purpose_is_silent(style: str, tmp_path: Path) -> None:
+    _dropout_loop(tmp_path / "run", style)
+    tables = read_run(tmp_path / "run").first
+    assert eval_without_eval_mode.check(tables) == []
+    assert not (tables.events["kind"] == "eval_dropout").any()

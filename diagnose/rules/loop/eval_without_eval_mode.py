@@ -44,13 +44,25 @@ model.train()
   Embedding parameters; config dropout 0.1) is rated warning.
 - Silent on the 12 healthy scenarios (seeds 0-2), the healthy reference runs, and a loop
   with a frozen teacher and a no_grad pseudo-label forward inside its training steps.
+
+## Dropout that ignores eval()
+A second finding, from `eval_dropout` events (diagnose/recorder/contracts.py): the model
+*was* in eval mode, but its forward called `F.dropout(x, p)` (or `dropout1d/2d/3d`)
+without `training=self.training`; the function defaults to `training=True`, so
+`model.eval()` cannot switch it off and every evaluation drops units at random. Warning,
+on any such call with p > 0. `nn.Dropout` modules and calls that pass `training=`
+explicitly (Monte Carlo dropout on purpose) are never recorded. Found in field test round
+3 (tests/scripts/functional_dropout_ignores_eval.py), where the mode flags alone showed a
+correct evaluation.
 """
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from diagnose.rules._base import Finding, RunTables, Severity, compact_ranges
 from diagnose.rules.loop._callindex import CallIndex, mode_evidence, model_index
+from diagnose.rundir import schema
 
 NAME = "eval-without-eval-mode"
 SEVERITY = Severity.WARNING
@@ -69,12 +81,56 @@ def _blocks(positions: np.ndarray) -> int:
     return int(1 + np.count_nonzero(np.diff(positions) > 1)) if len(positions) else 0
 
 
+_DROPOUT_FIX = """Let the module's mode switch the functional dropout off:
+    h = F.dropout(h, p=self.p, training=self.training)
+or use a module, which follows model.eval() by itself:
+    self.drop = nn.Dropout(p)        # in __init__
+    h = self.drop(h)                 # in forward
+(Monte Carlo dropout on purpose: pass training=True explicitly.)"""
+
+
+def _dropout_findings(run: RunTables) -> list[Finding]:
+    """`eval_dropout` events: a functional dropout that stays on in an eval-mode forward."""
+    events = run.events
+    if events is None or not len(events):
+        return []
+    rows = events[events["kind"] == schema.EVENT_EVAL_DROPOUT]
+    by_model: dict[str, list[tuple[int, dict]]] = {}
+    for step, data in zip(rows["step"], rows["data"]):
+        if isinstance(data, dict) and step is not None and not pd.isna(step):
+            by_model.setdefault(str(data.get("model", "model0")), []).append((int(step), data))
+    findings = []
+    for model, hits in sorted(by_model.items()):
+        steps = sorted({s for s, _ in hits})
+        first = hits[0][1]
+        fns = sorted({str(d.get("fn")) for _, d in hits})
+        rates = sorted({float(d["p"]) for _, d in hits if isinstance(d.get("p"), (int, float))})
+        shown = ", ".join(f"F.{f}" for f in fns)
+        findings.append(Finding(
+            rule=NAME,
+            severity=SEVERITY,
+            title=(f"{shown} stays active while {model} is in eval mode: dropout ignores model.eval() "
+                   f"(first at step {steps[0]}, {len(steps)} step(s))"),
+            steps=(steps[0], steps[-1]),
+            evidence={"model": model, "step": steps[0], "first_step": steps[0], "functions": fns, "p": rates,
+                      "steps_seen": len(steps), "step_ranges": compact_ranges(steps),
+                      "forward_token": first.get("forward_token"), "kind": "functional-dropout"},
+            explanation=(f"{model} was put in eval mode, but its forward calls {shown} without `training=`: the "
+                         "function defaults to training=True, so it keeps dropping units at random "
+                         f"(p={', '.join(f'{r:g}' for r in rates)}) in every evaluation. Validation numbers come "
+                         "out noisy and pessimistic, predictions are not reproducible, and checkpoint selection and "
+                         "early stopping act on them."),
+            fix=_DROPOUT_FIX,
+        ))
+    return findings
+
+
 def check(run: RunTables) -> list[Finding]:
     calls = CallIndex.of(run)
+    findings = _dropout_findings(run)
     if not len(calls) or not calls.forward.any():
-        return []
+        return findings
     evaluation = calls.evaluation_forwards()
-    findings = []
     for obj in sorted(set(calls.obj[evaluation].tolist())):
         mine = evaluation & calls.is_obj(obj)
         bad = np.flatnonzero(mine & calls.train_mode)
