@@ -50,6 +50,10 @@ def _warmup_cosine(cfg: Any) -> dict[str, Any]:
     return {"scheduler": "warmup-cosine"}
 
 
+def _accumulate(cfg: Any) -> dict[str, Any]:
+    return {} if cfg.accum_steps >= 2 else {"accum_steps": ACCUM_CLEARED_STEPS}
+
+
 def _explode(cfg: Any) -> dict[str, Any]:
     return {"optimizer": "sgd", "lr": EXPLODE_LR}
 
@@ -102,6 +106,7 @@ TINY_LR = 1e-9
 THRASH_LR_FACTOR = 10000.0
 DEAD_BIAS = -1e3
 LOGIT_OVERFLOW = 1e9
+ACCUM_CLEARED_STEPS = 4  # zero-grad-every-micro-batch: accumulation it forces when there is none
 
 _ALL = [
     Injection(
@@ -140,6 +145,13 @@ _ALL = [
         "optimizer.zero_grad() is called after backward (and unscale_/clipping) and just "
         "before the optimizer step, so the step finds no gradients and nothing trains.",
         also=("loss-plateau",)),
+    Injection(
+        "zero-grad-every-micro-batch",
+        "Gradient accumulation that does not accumulate: optimizer.zero_grad() runs before every "
+        "micro-batch's backward instead of only the first of each group, so each optimizer step "
+        "uses the last micro-batch's gradient and the other accum_steps - 1 are thrown away. "
+        f"Forces accum_steps={ACCUM_CLEARED_STEPS} when it is 1.",
+        rule="zero-grad-before-step", forces=_accumulate),
     Injection(
         "clip-before-unscale",
         "clip_grad_norm_ runs on the gradients still multiplied by the GradScaler's scale "

@@ -316,7 +316,8 @@ def _train(cfg: TrainConfig, inj: frozenset[str], run_dir: Path, *, progress: bo
                 batches = injections.nan_batch(batches, first_step=st.step, accum=accum, at=cfg.nan_step)
             for i, (x, y) in enumerate(islice(mon.loader(batches), steps_now * accum)):
                 micro = i % accum
-                if micro == 0 and "missing-zero-grad" not in inj:
+                # zero-grad-every-micro-batch: the bug clears the micro-batches accumulated so far
+                if (micro == 0 or "zero-grad-every-micro-batch" in inj) and "missing-zero-grad" not in inj:
                     opt.zero_grad(set_to_none=True)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with b.autocast():

@@ -90,6 +90,9 @@ SCRIPTS: dict[str, ScriptCase] = {
                                                     allowed=("loss-plateau",)),
     "nan_rows_in_csv_features.py": ScriptCase(
         rules=("nonfinite-inputs", "nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters")),
+    # accumulation that clears every micro-batch, and a loop that clears backward passes legitimately
+    "zero_grad_every_micro_batch.py": ScriptCase(rules=("zero-grad-before-step",)),
+    "healthy_sam_adversarial.py": ScriptCase(),
 }
 
 

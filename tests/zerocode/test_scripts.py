@@ -432,6 +432,22 @@ def check_nan_rows_in_csv_features(run: Run) -> None:
                                   "neginf": False, "max": None}]
 
 
+def check_zero_grad_every_micro_batch(run: Run) -> None:
+    # 2 epochs of 32 batches, a step every 4th; each batch marked in the call order
+    assert len(run.steps) == 16 and all(s["micro_batches"] == 4 for s in run.steps)
+    calls = run.calls
+    assert calls.count("batch") == 64 and calls.count("opt0.zero_grad") == 64 and calls.count("backward") == 64
+    assert calls[:5] == ["model0.train", "batch", "opt0.zero_grad", "model0.forward[TGB]", "backward"]
+
+
+def check_healthy_sam_adversarial(run: Run) -> None:
+    # SAM (opt0) and the base SGD it builds (opt1, the one that steps): 16 batches x 3 epochs
+    assert [o["class"] for o in run.objects["optimizers"]] == ["SAM", "SGD"]
+    calls = run.calls
+    assert len(run.steps) == 48 and calls.count("batch") == 48 and calls.count("opt1.step") == 48
+    assert calls.count("backward") == 3 * 48 and calls.count("model0.zero_grad") == 48
+
+
 CHECKS = {name: globals()[f"check_{name[:-3]}"] for name in SCRIPTS}
 
 

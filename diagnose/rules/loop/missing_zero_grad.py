@@ -32,7 +32,9 @@ for x, y in loader:
 ## Thresholds
 - Fires when at least 3 intervals between two `step()` calls of one optimizer, and at least
   half of all its intervals that contain a `backward()`, hold no `zero_grad` of that
-  optimizer or of a watched model. Healthy loops clear in every interval (all 12 healthy
+  optimizer, of a watched model, or of another optimizer that holds the same parameters
+  (SAM's `zero_grad` clears what its base optimizer steps on: tests/harness/
+  faults_accumulation.py `sam_first_second_step`). Healthy loops clear in every interval (all 12 healthy
   scenarios, seeds 0-2, and the reference loop with every scheduler, fp16 and
   accumulation: 0 uncleared intervals); the faulty loops tested clear in 0 % (never) or
   1 in 12 (once per epoch) of them.
@@ -79,6 +81,16 @@ def _optimizer_steps(calls: CallIndex) -> dict[str, np.ndarray]:
     return steps
 
 
+def _sharing(run: RunTables) -> dict[str, set[str]]:
+    """Per optimizer, the other optimizers that hold the same parameter tensors: SAM's
+    `zero_grad` clears the gradients its base optimizer steps on (they share param_groups)."""
+    held: dict[str, set[int]] = {}
+    for opt in run.objects.get("optimizers") or []:
+        params = {int(i) for g in opt.get("groups") or [] for i in (g.get("params") or []) if isinstance(i, int)}
+        held[f"opt{opt.get('index', 0)}"] = params
+    return {a: {b for b in held if b != a and held[a] & held[b]} for a in held}
+
+
 def check(run: RunTables) -> list[Finding]:
     calls = CallIndex.of(run)
     if not len(calls):
@@ -86,11 +98,13 @@ def check(run: RunTables) -> list[Finding]:
     any_zero_grad = bool(calls.zero_grad.any())
     model_clear = calls.zero_grad & calls.where_obj(lambda o: o.startswith("model"))
     backward_count = np.cumsum(calls.backward)
+    sharing = _sharing(run)
     findings = []
     for opt, positions in _optimizer_steps(calls).items():
         if len(positions) < 2:
             continue
-        clears = np.cumsum(model_clear | (calls.zero_grad & calls.is_obj(opt)))
+        owners = {opt} | sharing.get(opt, set())
+        clears = np.cumsum(model_clear | (calls.zero_grad & calls.where_obj(lambda o: o in owners)))
         start, end = positions[:-1], positions[1:]
         with_backward = backward_count[end] - backward_count[start] > 0
         uncleared = with_backward & (clears[end] - clears[start] == 0)

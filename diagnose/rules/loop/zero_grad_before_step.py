@@ -186,7 +186,10 @@ def _accumulation(calls: CallIndex) -> Finding | None:
     k = int(np.median([a + b for a, b in zip(kept, dropped)]))
     d = int(np.median(dropped))
     steps = sorted(set(calls.step[hit].tolist()))
-    opts = sorted(set(str(calls.obj[s]) for s in hit))
+    # the optimizer a GradScaler's step call stepped: the `optN.step` right after it, same step
+    opt_at = calls.next_at_or_after(calls.opt_step)
+    opts = sorted({str(calls.obj[o]) if o < n and calls.step[o] == calls.step[s] else str(calls.obj[s])
+                   for s, o in ((s, int(opt_at[s])) for s in hit)})
     opt = opts[0] if len(opts) == 1 else ", ".join(opts)
     clear_before = calls.last_at_or_before(calls.zero_grad)[first]
     clearing = str(calls.token[clear_before]) if clear_before >= 0 else "zero_grad"
