@@ -39,6 +39,8 @@ if variant == "diagnose":
     from diagnose import Monitor
     monitor = Monitor(run_dir, model=model, optimizer=opt, scheduler=sched)
 rss_50 = None
+import time
+start = time.perf_counter()
 for step in range(steps):
     opt.zero_grad(set_to_none=True)
     loss = model(x).pow(2).mean()
@@ -52,13 +54,14 @@ for step in range(steps):
         rss_half = rss_bytes()
 if device == "cuda":
     torch.cuda.synchronize()
+loop_s = time.perf_counter() - start
 rss_end = rss_bytes()
 if monitor is not None:
     monitor.close()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 cuda_peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
 print(json.dumps({"peak_rss": peak, "rss_50": rss_50, "rss_half": rss_half, "rss_end": rss_end, "cuda_peak": cuda_peak,
-                  "params": sum(1 for _ in model.parameters())}))
+                  "params": sum(1 for _ in model.parameters()), "loop_s": loop_s}))
 """
 
 
@@ -78,8 +81,8 @@ def main() -> None:
     mb = 1 / 2**20
     print(f"{args.steps} steps, device {args.device}, {os.cpu_count()} CPUs")
     print("| tensors | variant | peak RSS MB | RSS step 50 → half, MB | RSS half → end, MB "
-          "| CUDA peak MB | run dir bytes/step |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| CUDA peak MB | run dir bytes/step | ms/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for tensors in (int(t) for t in args.tensors.split(",")):
         for variant in ("bare", "diagnose"):
             with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +94,7 @@ def main() -> None:
             per_step = f"{size / args.steps:,.0f}" if size else ""
             print(f"| {r['params']} | {variant} | {r['peak_rss'] * mb:.1f} | "
                   f"{(r['rss_half'] - r['rss_50']) * mb:+.1f} | {(r['rss_end'] - r['rss_half']) * mb:+.1f} | "
-                  f"{cuda} | {per_step} |", flush=True)
+                  f"{cuda} | {per_step} | {r['loop_s'] / args.steps * 1e3:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

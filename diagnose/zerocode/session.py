@@ -76,6 +76,12 @@ class Session:
         self._last_loader: int | None = None
         self._train_loader: int | None = None
         self._epoch = 0
+        # the forward hooks: global until the models are known, then on the models alone
+        self.forward_watch: modules.ForwardWatch | None = None
+        self._hookable: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        """id -> a module the script calls as a model (what `narrow` hooks)."""
+        self._narrow_due = False
+        self._compiled_any = False
         _SESSIONS.add(self)
 
     # ---- lifetime -------------------------------------------------------------------------
@@ -83,7 +89,9 @@ class Session:
         """Install every wrapper and hook (each part on its own: one that fails is noted)."""
         for part in (modules, objects, loaders, capture):
             try:
-                part.install(self, self.patches)
+                installed = part.install(self, self.patches)
+                if part is modules:
+                    self.forward_watch = installed
             except Exception as exc:  # noqa: BLE001 - an older torch may lack a target
                 self.rec.event("not_recorded", what=part.__name__.rsplit(".", 1)[-1],
                                message=f"could not install: {type(exc).__name__}: {exc}")
@@ -168,6 +176,7 @@ class Session:
         base = self.targets.get(id(unwrap(module)))
         if base is not None:  # a new wrapper (torch.compile, DDP) around a known model
             self.targets[id(module)] = base
+            self._hookable[id(module)] = module
             return base
         if self._inner_ids is None:
             self._inner_ids = {id(sub) for _, m in self.targets.values() for sub in m.modules()}
@@ -189,6 +198,7 @@ class Session:
         self._models_without_forward()
         self.rec.settle_pending(self._index_of)
         self._called.clear()
+        self._narrow_due = True
         self.rec.freeze_params()
         if self._last_loader is not None:
             self._train_loader = self._last_loader
@@ -230,6 +240,8 @@ class Session:
             self.rec.watch(model=base, instance_hooks=False)
             known = (len(self.rec.models) - 1, base)
         self.targets[id(module)] = self.targets[id(base)] = known
+        self._hookable[id(module)] = module  # the wrapper the script calls (DDP), and
+        self._hookable[id(base)] = base  # the model it wraps, called alone to evaluate
         self._inner_ids = None
         index = known[0]
         if hasattr(module, "_orig_mod"):
@@ -275,6 +287,28 @@ class Session:
         elif not self.resolved and next(module.parameters(), None) is not None:
             self.rec.pending_call(module, "zero_grad", opens_step=True)
 
+    def on_compile(self) -> None:
+        """`torch.compile` or `Module.compile` was called: hooks stay global from now on
+        (dynamo guards on them; swapping them would recompile the script's graphs)."""
+        self._compiled_any = True
+        self._narrow_due = False
+        if self.forward_watch is not None:
+            self.forward_watch.widen()
+
+    def _narrow(self) -> None:
+        """Hook the models alone once they are known (see modules.py, "Narrowing")."""
+        self._narrow_due = False
+        watch = self.forward_watch
+        if watch is None or watch.narrowed or self._compiled_any or not self.targets:
+            return
+        models = [m for _, m in self.targets.values()]
+        for opt in self.rec.optimizers:  # a model not seen yet would need the global hooks
+            ids = {id(p) for group in opt.param_groups for p in group["params"]}
+            if not any(owns_any(m, ids) for m in models):
+                return
+        watch.narrow(m for m in self._hookable.values()
+                     if getattr(m, "_compiled_call_impl", None) is None)
+
     def on_module_compiled(self, module: torch.nn.Module) -> None:
         if all(module is not m for m in self._compiled_in_place):
             self._compiled_in_place.append(module)
@@ -300,6 +334,9 @@ class Session:
         index = self.opt_index[id(opt)] = len(self.rec.optimizers) - 1
         self._opt_param_ids = None
         if self.resolved:  # created after the parameter table was fixed
+            if self.forward_watch is not None and not self._compiled_any:
+                self.forward_watch.widen()  # its model's first call must be seen
+                self._narrow_due = True
             self._nonroots.clear()  # its model may be a module already judged not to be one
             missing = sum(id(p) not in self.rec._param_ids
                           for group in opt.param_groups for p in group["params"])
@@ -320,6 +357,8 @@ class Session:
 
     def on_optimizer_step_post(self, opt) -> None:
         self.rec.on_optimizer_step_post()
+        if self._narrow_due:
+            self._narrow()
 
     # ---- schedulers ---------------------------------------------------------------------
     def adopt_scheduler(self, sched) -> int:
