@@ -93,6 +93,35 @@ SCRIPTS: dict[str, ScriptCase] = {
     # accumulation that clears every micro-batch, and a loop that clears backward passes legitimately
     "zero_grad_every_micro_batch.py": ScriptCase(rules=("zero-grad-before-step",)),
     "healthy_sam_adversarial.py": ScriptCase(),
+    # field test, round 3 (docs/rules.md "Field test")
+    "healthy_kfold_fresh_model.py": ScriptCase(),
+    "healthy_trainer_class_plateau_max.py": ScriptCase(),
+    "healthy_checkpointed_transformer_warm_restarts.py": ScriptCase(),
+    "healthy_vae_kl_warmup.py": ScriptCase(),
+    "healthy_triplet_margin_padded_lstm.py": ScriptCase(),
+    "healthy_unfreeze_add_param_group.py": ScriptCase(),
+    "healthy_mixup_label_smoothing.py": ScriptCase(),
+    "healthy_lbfgs_closure.py": ScriptCase(),
+    "healthy_functional_call_no_set_to_none.py": ScriptCase(),
+    "healthy_multitask_round_robin_heads.py": ScriptCase(),
+    "healthy_frozen_embedding_in_optimizer.py": ScriptCase(),
+    "healthy_dqn_target_network.py": ScriptCase(),
+    "healthy_checkpoint_sequential_reentrant.py": ScriptCase(),
+    "eval_without_eval_mode_nograd_decorator.py": ScriptCase(rules=("eval-without-eval-mode",)),
+    "handwritten_bce_log_nan.py": ScriptCase(
+        rules=("nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters")),
+    "lr_too_high_diverges.py": ScriptCase(
+        rules=("nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters"),
+        allowed=("gradient-explosion", "loss-divergence")),
+    "inf_in_csv_ratio_column.py": ScriptCase(
+        rules=("nonfinite-inputs", "nonfinite-loss", "nonfinite-gradients", "nonfinite-parameters")),
+    "sanity_eval_before_training.py": ScriptCase(rules=("train-mode-not-restored",)),
+    "head_replaced_after_optimizer.py": ScriptCase(rules=("params-not-updated",)),
+    "labels_shuffled_separately.py": ScriptCase(rules=("loss-plateau",)),
+    "encoder_optimizer_never_zeroed.py": ScriptCase(rules=("missing-zero-grad",),
+                                                    allowed=("gradient-explosion", "loss-divergence")),
+    "cosine_tmax_epochs_stepped_per_batch.py": ScriptCase(rules=("scheduler-step-frequency", "zero-lr-steps")),
+    "functional_dropout_ignores_eval.py": ScriptCase(rules=("eval-without-eval-mode",)),
 }
 
 

@@ -448,6 +448,171 @@ def check_healthy_sam_adversarial(run: Run) -> None:
     assert calls.count("backward") == 3 * 48 and calls.count("model0.zero_grad") == 48
 
 
+# ---- field test, round 3 (docs/rules.md "Field test") -------------------------------------------
+
+def check_healthy_kfold_fresh_model(run: Run) -> None:
+    # five folds, each a new model, optimizer and scheduler: judged stage by stage
+    assert len(run.steps) == 120 and len(run.objects["optimizers"]) == 5
+    assert [m["class"] for m in run.objects["models"]] == ["Sequential"] * 5
+    assert len(run.kind("late_model")) == 4  # folds 1-4 come after the parameter table was fixed
+    assert run.calls_by_step()[119][-3:] == ["phase:val", "model4.eval", "model4.forward[EN]"]
+
+
+def check_healthy_trainer_class_plateau_max(run: Run) -> None:
+    assert len(run.steps) == 48 and run.calls.count("sched0.step") == 4
+    metrics = [m["metrics"]["scheduler_metric"] for m in run.kind("metrics")]
+    assert metrics == pytest.approx(_printed(run, r"val_acc ([0-9.]+)"), abs=1e-3)  # accuracy, mode="max"
+    assert run.calls_by_step()[47][-4:] == ["model0.eval", "model0.forward[EN]", "model0.forward[EN]", "sched0.step"]
+
+
+def check_healthy_checkpointed_transformer_warm_restarts(run: Run) -> None:
+    assert len(run.steps) == 40 and run.calls.count("sched0.step") == 40
+    # activation checkpointing re-runs the blocks in backward: still one forward per step
+    assert all(run.calls_by_step()[k].count("model0.forward[TGB]") == 1 for k in range(40))
+    lrs = [s["lr"][0] for s in run.steps]
+    assert lrs[19] < 0.1 * lrs[0] and lrs[21] == lrs[0]  # sched.step(epoch + i / iters): a warm restart
+
+
+def check_healthy_vae_kl_warmup(run: Run) -> None:
+    assert len(run.steps) == 120 and all(s["samples"] == 64 for s in run.steps)
+    losses = _loss_series(run)
+    assert max(losses[55:80]) > 1.3 * min(losses[35:50])  # the KL term switched on: the loss rises on purpose
+
+
+def check_healthy_triplet_margin_padded_lstm(run: Run) -> None:
+    assert len(run.steps) == 60
+    assert all(run.calls_by_step()[k][:3] == ["model0.forward[TGB]"] * 3 for k in range(60))  # anchor, pos, neg
+    assert sum(s["loss"] == 0 for s in run.steps) >= 3  # the margin is met: exactly 0
+    assert {(r["module"], r["batch_first"]) for r in run.kind("rnn_call")} == {("LSTM", True)}
+
+
+def check_healthy_unfreeze_add_param_group(run: Run) -> None:
+    # 15 pretraining steps (its own optimizer), then 40 with the head; the backbone joins at step 31
+    assert len(run.steps) == 55 and [o["class"] for o in run.objects["optimizers"]] == ["Adam", "AdamW"]
+    assert [len(s["lr"]) for s in (run.steps[15], run.steps[30], run.steps[31])] == [2, 2, 3]
+    assert run.steps[31]["lr"][1:] == [0.005, 0.0005]
+
+
+def check_healthy_mixup_label_smoothing(run: Run) -> None:
+    assert len(run.steps) == 32 and run.calls.count("sched0.step") == 32
+    lrs = [s["lr"][0] for s in run.steps]
+    assert lrs[0] < lrs[7] and lrs[-1] < 0.01 * lrs[7]  # warm-up, then cosine
+    assert run.calls_by_step()[31][-1] == "model0.forward[EI]"  # inference_mode test pass
+
+
+def check_healthy_lbfgs_closure(run: Run) -> None:
+    # the closure runs zero_grad, forward, backward several times inside each step()
+    by_step = run.calls_by_step()
+    assert by_step[0][:4] == ["opt0.step", "opt0.zero_grad", "model0.forward[TGB]", "backward"]
+    assert run.calls.count("opt0.step") == 25 and run.calls.count("backward") > 25
+    assert run.steps[0]["micro_batches"] > 1
+
+
+def check_healthy_functional_call_no_set_to_none(run: Run) -> None:
+    assert len(run.steps) == 40 and all(s["samples"] == 50 for s in run.steps)
+    # functional_call runs the model's own forward: seen like a direct call
+    assert all(run.calls_by_step()[k][-4:] == ["model0.forward[TGB]", "opt0.zero_grad", "backward", "opt0.step"]
+               for k in range(1, 9))
+
+
+def check_healthy_multitask_round_robin_heads(run: Run) -> None:
+    assert len(run.steps) == 90
+    names = [p["name"] for p in run.params]
+    table = ipc.open_stream(run.rank / "grad_norms.arrow").read_all().to_pandas()
+    head = f"p{names.index('heads.topic.weight')}"
+    # zero_grad(set_to_none=False): an idle head holds exact zeros on two steps of three
+    assert (table[head].iloc[3:] == 0).sum() >= 55 and (table[head].iloc[3:] > 0).sum() >= 28
+
+
+def check_healthy_frozen_embedding_in_optimizer(run: Run) -> None:
+    frozen = next(p for p in run.params if p["name"] == "embedding.weight")
+    assert frozen["requires_grad"] is False and frozen["optimizer"] == 0  # in the optimizer, frozen
+    assert len(run.steps) == 40 and run.calls.count("sched0.step") == 4
+
+
+def check_healthy_dqn_target_network(run: Run) -> None:
+    # acting under no_grad in train mode (Linear/ReLU only: info at most), target net unwatched
+    assert len(run.steps) == 84 and run.objects["models"] == [{"index": 0, "class": "Sequential"}]
+    assert run.calls.count("clip_grad_value_") == 84 and run.calls.count("model0.forward[TGB]") == 84
+
+
+def check_healthy_checkpoint_sequential_reentrant(run: Run) -> None:
+    # the Sequential is never called in training: each layer is a "model", the first segments'
+    # layers run under no_grad (recomputed in backward) and feed the last segment's training forward
+    from diagnose.rules.loop._callindex import CallIndex
+    from diagnose.rundir.reader import read_run
+
+    assert len(run.steps) == 36 and len(run.objects["models"]) >= 13
+    calls = CallIndex.of(read_run(run.path).first)
+    chained = calls.forward & calls.no_grad & calls.train_mode
+    assert chained.sum() == 36 * 8 and calls.feeds_training()[chained].all()
+    # the whole Sequential's validation (eval mode) stays an evaluation, but for the layers right
+    # before the next epoch's chain, which read as its beginning
+    evaluation = calls.evaluation_forwards()
+    assert evaluation.sum() == 9 + 9 + 13 and set(calls.token[evaluation]) == \
+        {f"model{k}.forward[EN]" for k in range(13)}
+
+
+def check_eval_without_eval_mode_nograd_decorator(run: Run) -> None:
+    assert len(run.steps) == 36
+    tail = run.calls_by_step()[11]
+    assert tail[tail.index("phase:val") + 1:][:2] == ["model0.forward[TN]", "model0.forward[TN]"]  # 2 val batches
+    assert "model0.eval" not in run.calls
+
+
+def check_handwritten_bce_log_nan(run: Run) -> None:
+    losses = _loss_series(run)
+    assert all(math.isfinite(v) and v < 1 for v in losses[1:16]) and all(v == "nan" for v in losses[16:])
+
+
+def check_lr_too_high_diverges(run: Run) -> None:
+    losses = _loss_series(run)
+    assert losses[7] > 1e6 * losses[0] and losses[8] == "inf"
+    assert all(s["lr"] == [0.1] for s in run.steps)
+
+
+def check_inf_in_csv_ratio_column(run: Run) -> None:
+    bad = run.kind("nonfinite_input")
+    assert bad[0]["step"] == 0 and bad[0]["tensors"] == [
+        {"path": 'batch["features"]', "nan": False, "posinf": True, "neginf": False, "max": None}]
+
+
+def check_sanity_eval_before_training(run: Run) -> None:
+    by_step = run.calls_by_step()
+    assert by_step[0][:6] == ["phase:val", "model0.eval", "model0.forward[EN]", "batch", "phase:train",
+                              "opt0.zero_grad"]
+    assert "model0.train" not in run.calls and run.calls.count("model0.forward[EGB]") == 24
+
+
+def check_head_replaced_after_optimizer(run: Run) -> None:
+    owner = {p["name"]: p["optimizer"] for p in run.params}
+    assert owner["fc.weight"] is None and owner["features.0.weight"] == 0
+    assert sum(name.startswith("opt0.") for name in owner) == 2  # the old head, held by no model
+
+
+def check_labels_shuffled_separately(run: Run) -> None:
+    losses = _loss_series(run)
+    assert len(losses) == 72 and abs(losses[-1] - math.log(4)) < 0.1
+
+
+def check_encoder_optimizer_never_zeroed(run: Run) -> None:
+    by_step = run.calls_by_step()
+    assert all(by_step[k] == ["model0.forward[TGB]", "model1.forward[TGB]", "opt1.zero_grad", "backward",
+                              "opt0.step", "opt1.step"] for k in range(60))
+
+
+def check_cosine_tmax_epochs_stepped_per_batch(run: Run) -> None:
+    lrs = [s["lr"][0] for s in run.steps]
+    assert lrs[10] == 0 and lrs[20] == pytest.approx(0.1) and lrs[30] == 0  # a period of 20 batches
+    assert run.calls.count("sched0.step") == 60
+
+
+def check_functional_dropout_ignores_eval(run: Run) -> None:
+    dropout = run.kind("eval_dropout")
+    assert [d["step"] for d in dropout] == [11, 23, 35, 47]
+    assert {(d["fn"], d["p"], d["forward_token"]) for d in dropout} == {("dropout", 0.5, "model0.forward[EN]")}
+
+
 CHECKS = {name: globals()[f"check_{name[:-3]}"] for name in SCRIPTS}
 
 

@@ -225,9 +225,10 @@ class CallIndex:
         `checkpoint_sequential` runs each layer of the first segments under no_grad, each a
         separate "model" to the zero-code mode because the Sequential itself is never called
         in training, and only the last segment with autograd: the BatchNorm layers among them
-        read as a validation in train mode). A chain never passes the same model twice (a
-        validation run through those layers right before the next step's chain restarts the
-        pipeline: only its last layer's forward joins) and has at most `CHAIN_LIMIT` models."""
+        read as a validation in train mode). A chain never passes the same model twice, so a
+        validation run through those layers right before the next step's chain joins it only
+        with its layers after the last one the chain holds (the others stay evaluation), and
+        has at most `CHAIN_LIMIT` models."""
         n = len(self)
         if not n:
             return np.zeros(0, dtype=bool)
