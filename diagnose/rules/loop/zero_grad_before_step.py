@@ -1,5 +1,4 @@
-"""Gradients are cleared between backward() and optimizer.step(), so the step has none
-(or only the last micro-batch's).
+"""Gradients are cleared between backward() and optimizer.step(): the step has none, or one micro-batch's.
 
 ## What it flags
 1. An optimizer `step()` whose last `backward()` is followed by `optimizer.zero_grad()`
@@ -70,19 +69,19 @@ for i, (x, y) in enumerate(loader):
   batch, the first cleared), an adversarial (FGSM/PGD) or saliency backward cleared
   before the training backward on the same batch, LBFGS's closure, a GAN whose
   generator backward is cleared by the discriminator's `zero_grad`, a probe backward on a
-  batch a step already used, gradient surgery and per-sample clipping by hand (every
-  backward cleared, the gradient written into `.grad` by the loop: no batch reaches the
-  step, so nothing is "partly" used).
+  batch a step already used (all of these recorded in tests/harness/
+  faults_accumulation.py). By the same reasoning, though not recorded with a loader,
+  gradient surgery (every backward cleared, the gradient written into `.grad` by the
+  loop): no batch reaches the step, so none is "partly" used.
 - It fires when at least `MIN_ACCUMULATION_STEPS` (3) steps and at least
-  `ACCUMULATION_FRACTION` (75%) of the steps that used a batch also discarded one. The
-  buggy loops tested discard on 100% of their steps (step 0 included); legitimate
-  discarding is occasional: a partial accumulation window cleared at the next epoch's
-  first `zero_grad` costs one step per epoch (50% at most, with 2 steps an epoch), a batch
-  skipped for a non-finite loss one step now and then. All 65 healthy runs and 29 near
-  misses of bench/false_alarms.py, and the accumulation look-alikes of
-  tests/harness/faults_accumulation.py (SAM, ASAM, FGSM, PGD, saliency probes, WGAN-GP
-  critic iterations, LBFGS, correct accumulation with a partial window, `set_to_none=False`)
-  discard on 0% of their steps, except the partial window (one step per epoch).
+  `ACCUMULATION_FRACTION` (75%) of the steps that used a batch also discarded one. Where
+  the numbers come from (bench/false_alarms.py, docs/rules.md): the 5 faulty runs (k = 2,
+  3, 4; Monitor loops, the reference loop's `--inject zero-grad-every-micro-batch`) and
+  the zero-code script discard on 100% of their steps, step 0 included; all 65 healthy
+  runs (each with batch markers) and 39 of the 40 near misses discard on none. The one
+  exception is correct accumulation whose partial last window of each epoch is cleared by
+  the next epoch's first `zero_grad`: one step per epoch (3 of 20 steps, 15%; 50% at most,
+  with 2 steps an epoch). 75% sits between 50% and 100%; 3 steps keep a 2-step run from deciding.
 - Limit: a loop that fetches the *next* batch between an adversarial backward and the
   training backward on the current batch reads as a new batch; a loop that fetches its
   batches under `torch.no_grad()` leaves no markers (silent).
