@@ -31,7 +31,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from diagnose import Monitor
 from diagnose.rundir.reader import read_run
 from diagnose.rundir.tables import RunTables
-from tests.harness.faults_loop import ALL_LOOP, NormNet, Net, Fault, _but, _data, _reference
+from tests.harness.faults_loop import (
+    ALL_LOOP,
+    Fault,
+    Net,
+    NormNet,
+    _but,
+    _data,
+    _reference,
+)
 from tests.harness.scenarios import shuffled_batches as _batches
 from tests.harness.threads import one_torch_thread
 
@@ -168,7 +176,7 @@ class SAM(torch.optim.Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure=None):  # noqa: D102 - SAM is driven by first_step/second_step
+    def step(self, closure=None):  # SAM is driven by first_step/second_step
         raise NotImplementedError("call first_step and second_step")
 
 

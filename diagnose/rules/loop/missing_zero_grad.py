@@ -104,7 +104,7 @@ def check(run: RunTables) -> list[Finding]:
         if len(positions) < 2:
             continue
         owners = {opt} | sharing.get(opt, set())
-        clears = np.cumsum(model_clear | (calls.zero_grad & calls.where_obj(lambda o: o in owners)))
+        clears = np.cumsum(model_clear | (calls.zero_grad & calls.where_obj(owners.__contains__)))
         start, end = positions[:-1], positions[1:]
         with_backward = backward_count[end] - backward_count[start] > 0
         uncleared = with_backward & (clears[end] - clears[start] == 0)
