@@ -229,6 +229,54 @@ def step_fn(setup: Setup, opt, sched, scaler):
     return step
 
 
+class StepMarks:
+    """Per-step times without a sync inside the timed steps: CUDA events recorded after
+    each step on the GPU (read once the round is over), the host clock on the CPU."""
+
+    def __init__(self, device: torch.device, steps: int) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+            self.events[0].record()
+        else:
+            self.stamps = [time.perf_counter()] + [0.0] * steps
+
+    def mark(self, i: int) -> None:
+        if self.cuda:
+            self.events[i + 1].record()
+        else:
+            self.stamps[i + 1] = time.perf_counter()
+
+    def durations(self) -> list[float]:
+        """Seconds per step (call after a sync)."""
+        if self.cuda:
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.events, self.events[1:])]
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
+
+def plot_steps(per_step: dict[str, list[float]], path: Path, title: str) -> None:
+    """Box plot of the per-step times of each variant (ms), outliers shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, v in per_step.items() if v]
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(names)))
+    data = [[v * 1e3 for v in per_step[n]] for n in names]
+    style = {"whis": (1, 99), "flierprops": {"markersize": 2, "alpha": 0.4}}
+    try:
+        ax.boxplot(data, orientation="horizontal", **style)
+    except TypeError:  # matplotlib < 3.10
+        ax.boxplot(data, vert=False, **style)
+    ax.set_yticks(range(1, len(names) + 1), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("step time, ms (box: quartiles; whiskers: 1st-99th percentile)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -294,6 +342,8 @@ def main() -> None:
     parser.add_argument("--variants", default="bare,loss-item,diagnose,diagnose-zerocode,"
                         "lightning-grad-norm,norm-item,grad-histograms,profiler")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--plot", type=Path, help="write the per-step time distribution of "
+                        "each variant (a PNG) here")
     parser.add_argument("--clock", choices=["wall", "process"], default="wall",
                         help="process: CPU time of this process (all its threads, the recorder's "
                              "writer included), for CPU runs on a machine other processes load")
@@ -319,6 +369,7 @@ def main() -> None:
         return
     variants = [v for v in args.variants.split(",") if v]
     times: dict[str, list[float]] = {v: [] for v in variants}
+    per_step: dict[str, list[float]] = {v: [] for v in variants}
     tmp = Path(tempfile.mkdtemp(prefix="diagnose-bench-"))
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
@@ -328,11 +379,14 @@ def main() -> None:
                     for _ in range(args.warmup):
                         step(after)
                     sync(device)
+                    marks = StepMarks(device, args.steps)
                     start = clock()
-                    for _ in range(args.steps):
+                    for i in range(args.steps):
                         step(after)
+                        marks.mark(i)
                     sync(device)
                     times[name].append((clock() - start) / args.steps)
+                    per_step[name] += marks.durations()
             except (ImportError, ModuleNotFoundError, AttributeError) as exc:
                 print(f"skipping {name}: {exc}")
                 variants.remove(name)
@@ -360,9 +414,20 @@ def main() -> None:
         print(f"| {row['variant']} | {row['median_ms']:.2f} | {row['ratio']:.3f}x | "
               f"{row['ratio_lo']:.3f}–{row['ratio_hi']:.3f} | "
               f"{row['paired']:.3f}x [{row['paired_q1']:.3f}–{row['paired_q3']:.3f}] |")
+    for variant, values in per_step.items():
+        values = sorted(values)
+        if values:
+            q1, q3 = _quartiles(values)
+            print(f"per-step {variant}: median {statistics.median(values) * 1e3:.2f} ms "
+                  f"[q1-q3 {q1 * 1e3:.2f}-{q3 * 1e3:.2f}], p99 "
+                  f"{values[min(len(values) - 1, int(0.99 * len(values)))] * 1e3:.2f} ms, "
+                  f"{len(values)} steps")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "device": name, "rows": rows,
-                                         "raw_s": times}, indent=1))
+                                         "raw_s": times, "per_step_s": per_step}, indent=1))
+    if args.plot:
+        plot_steps(per_step, args.plot, f"{args.model} batch {args.batch}"
+                   + (f" seq {args.seq}" if args.model == "gpt2" else "") + f" on {name}")
 
 
 if __name__ == "__main__":
