@@ -330,6 +330,57 @@ def host_profile(variant: str, setup: Setup, opt, sched, scaler, step, steps: in
     print(out.getvalue()[:9000])
 
 
+def recorder_time(setup: Setup, opt, sched, scaler, step, steps: int) -> None:
+    """Host time spent inside the Monitor's handlers per step (every hook and wrapper
+    routes its work through `Recorder._safe`), against the bare step's time.
+
+    An absolute figure that other tenants' noise barely moves: on a host-bound step it is
+    what the recorder adds, whatever the round-to-round spread of the step itself.
+    """
+    from diagnose.recorder.recorder import Recorder
+
+    tmp = Path(tempfile.mkdtemp(prefix="diagnose-rtime-"))
+    spent = [0.0, 0]
+    original = Recorder._safe
+
+    def timed(self, fn, *args):
+        start = time.perf_counter()
+        try:
+            return original(self, fn, *args)
+        finally:
+            spent[0] += time.perf_counter() - start
+            spent[1] += 1
+
+    rows = []
+    for _ in range(5):
+        with variant_context("bare", setup, opt, sched, scaler, tmp) as after:
+            for _ in range(5):
+                step(after)
+            sync(setup.device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(after)
+            sync(setup.device)
+            bare = (time.perf_counter() - start) / steps
+        Recorder._safe = timed
+        try:
+            with variant_context("diagnose", setup, opt, sched, scaler, tmp) as after:
+                for _ in range(5):
+                    step(after)
+                spent[:] = [0.0, 0]
+                for _ in range(steps):
+                    step(after)
+                sync(setup.device)
+                rows.append((bare, spent[0] / steps, spent[1] / steps))
+        finally:
+            Recorder._safe = original
+    for bare, inside, calls in rows:
+        print(f"bare step {bare * 1e3:.2f} ms; inside the Monitor's handlers {inside * 1e6:.0f} us "
+              f"per step ({calls:.0f} calls) = {inside / bare:.2%} of the bare step")
+    print(f"median: {statistics.median(r[1] for r in rows) * 1e6:.0f} us per step, "
+          f"{statistics.median(r[1] / r[0] for r in rows):.2%} of the bare step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Recorder overhead benchmark")
     parser.add_argument("--model", default="default", choices=["default", "mlp200", "gpt2"])
@@ -351,6 +402,9 @@ def main() -> None:
     parser.add_argument("--host-profile", metavar="VARIANT",
                         help="instead of the benchmark: the host time per step (no sync inside "
                              "the timed steps) bare and under VARIANT, and a cProfile of VARIANT")
+    parser.add_argument("--recorder-time", action="store_true",
+                        help="instead of the benchmark: host time inside the Monitor's handlers "
+                             "per step, against the bare step")
     args = parser.parse_args()
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available())
                           else ("cpu" if args.device == "auto" else args.device))
@@ -364,6 +418,9 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-4, total_steps=total)
     scaler = torch.amp.GradScaler(device.type) if setup.scaler else None
     step = step_fn(setup, opt, sched, scaler)
+    if args.recorder_time:
+        recorder_time(setup, opt, sched, scaler, step, args.steps)
+        return
     if args.host_profile:
         host_profile(args.host_profile, setup, opt, sched, scaler, step, args.steps)
         return
