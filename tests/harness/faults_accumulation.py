@@ -29,8 +29,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from diagnose import Monitor
-from diagnose.rundir.reader import read_run
-from diagnose.rundir.tables import RunTables
 from tests.harness.faults_loop import (
     ALL_LOOP,
     Fault,
@@ -41,7 +39,7 @@ from tests.harness.faults_loop import (
     _reference,
 )
 from tests.harness.scenarios import shuffled_batches as _batches
-from tests.harness.threads import one_torch_thread
+from tests.harness.recordings import Recordings
 
 EPOCHS = 3
 ACCUM = 4
@@ -441,23 +439,7 @@ FAULTS: dict[str, Fault] = {
 }
 
 
-def record_fault(name: str, run_dir: Path, seed: int = 0) -> Path:
-    """Record fault (or near miss) `name` into `run_dir` on one torch thread; return it."""
-    with one_torch_thread():
-        FAULTS[name].fn(Path(run_dir), seed)
-    return Path(run_dir)
-
-
-_RECORDED: dict[tuple[str, int], Path] = {}
-_READ: dict[Path, RunTables] = {}
-
-
-def fault_tables(name: str, root: Path, seed: int = 0) -> RunTables:
-    """Rank 0's tables of `name`, recorded and read once per process (do not edit them)."""
-    key = (name, seed)
-    if key not in _RECORDED:
-        _RECORDED[key] = record_fault(name, Path(root) / f"{name}_s{seed}", seed)
-    path = _RECORDED[key]
-    if path not in _READ:
-        _READ[path] = read_run(path).first
-    return _READ[path]
+_RECORDINGS = Recordings(FAULTS)
+record_fault = _RECORDINGS.record
+recorded = _RECORDINGS.recorded
+fault_tables = _RECORDINGS.tables

@@ -25,11 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diagnose import Monitor
-from diagnose.rundir.reader import read_run
-from diagnose.rundir.tables import RunTables
 
 from tests.harness.scenarios import shuffled_batches as _batches
-from tests.harness.threads import one_torch_thread
+from tests.harness.recordings import Recordings
 
 # ---- data and models --------------------------------------------------------------------
 
@@ -1006,32 +1004,7 @@ FAULTS: dict[str, Fault] = {
 """Every faulty run and near miss by name."""
 
 
-def record_fault(name: str, run_dir: Path, seed: int = 0) -> Path:
-    """Record fault (or near miss) `name` into `run_dir` and return it. Torch runs on one
-    thread meanwhile (these tiny models gain nothing from more, and on a busy machine
-    torch's spinning threads make a run 10x slower); the thread count is restored after."""
-    with one_torch_thread():
-        FAULTS[name].fn(Path(run_dir), seed)
-    return Path(run_dir)
-
-
-_RECORDED: dict[tuple[str, int], Path] = {}
-_READ: dict[Path, RunTables] = {}
-
-
-def recorded(name: str, root: Path, seed: int = 0) -> Path:
-    """`record_fault` once per process: later calls return the run directory recorded first
-    (tests of several rules share one recording)."""
-    key = (name, seed)
-    if key not in _RECORDED:
-        _RECORDED[key] = record_fault(name, Path(root) / f"{name}_s{seed}", seed)
-    return _RECORDED[key]
-
-
-def fault_tables(name: str, root: Path, seed: int = 0) -> RunTables:
-    """Rank 0's tables of fault `name`, recorded and read once per process. Shared between
-    tests: derive changed copies with `dataclasses.replace`, never edit them in place."""
-    path = recorded(name, root, seed)
-    if path not in _READ:
-        _READ[path] = read_run(path).first
-    return _READ[path]
+_RECORDINGS = Recordings(FAULTS)
+record_fault = _RECORDINGS.record
+recorded = _RECORDINGS.recorded
+fault_tables = _RECORDINGS.tables

@@ -10,7 +10,10 @@ relative to the weights, ‖Δw‖/‖w‖, on the sampled steps (`param_every`,
   initial weights while the run goes on (an LR of 1e-9 for one param group, or for all).
 
 Not judged (normal training): steps a GradScaler skipped, and steps that changed no weight
-at all (every gradient cleared before the step: `zero-grad-before-step`); parameters in no
+at all (every gradient cleared before the step: `zero-grad-before-step`); a parameter on a
+step where its optimizer took no step (a GAN's generator during the critic's iterations:
+with 5 critic steps per generator step and weights sampled every 25 steps, every sample
+of the generator fell on a critic step and read as "never changes" before this); parameters in no
 optimizer (`params-not-updated`); layers whose group LR is 0 on a
 step (`zero-lr-steps` covers it) or below 1% of that group's largest LR in the run (a
 warm-up from 0, the tail of a cosine schedule, ReduceLROnPlateau's cuts); layers with no
@@ -114,6 +117,17 @@ def _group_columns(run: RunTables) -> dict[int, str]:
     return out
 
 
+def _optimizer_stepped(run: RunTables, steps: pd.Index) -> dict[int, np.ndarray]:
+    """Optimizer index -> whether its `step()` was called on each of `steps`, for the
+    optimizers the call order shows stepping at all (none: nothing known, nothing dropped)."""
+    calls = run.calls
+    if calls is None or calls.empty or "method" not in calls.columns:
+        return {}
+    rows = calls[(calls["method"] == "step") & calls["obj"].astype(str).str.fullmatch(r"opt\d+")]
+    return {int(obj[3:]): np.asarray(steps.isin(group["step"].unique()))
+            for obj, group in rows.groupby("obj")}
+
+
 def layer_ratios(run: RunTables) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(ratios, eligible, full_lr): per sampled step (index) and layer (columns),
     ‖Δw‖/‖w‖ of the layer's parameters together; whether the step may be judged
@@ -153,6 +167,13 @@ def layer_ratios(run: RunTables) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
     # a skip, LR 0): `zero-grad-before-step`, `zero-lr-steps`, the GradScaler's business.
     stepped = (np.where(usable, delta, 0.0) > 0).any(1)
     usable &= stepped[:, None]
+    # A parameter whose optimizer took no step on that step was not meant to move (a GAN's
+    # generator on the critic's steps): not a sample of its updates.
+    by_opt = _optimizer_stepped(run, steps)
+    if by_opt and "optimizer" in run.params.columns:
+        for j, opt in enumerate(run.params.loc[columns, "optimizer"].to_numpy()):
+            if pd.notna(opt) and int(opt) in by_opt:
+                usable[:, j] &= by_opt[int(opt)]
     names = run.params.loc[columns, "name"].astype(str).map(_layer_of).to_numpy()
     layers = list(dict.fromkeys(names))
     ratios = np.full((len(steps), len(layers)), np.nan)

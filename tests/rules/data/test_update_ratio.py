@@ -130,3 +130,14 @@ def test_a_failing_copy_switches_update_norms_off_not_the_recorder(tmp_path: Pat
     assert run.events_of("recorder_error").empty
     [note] = [d for d in run.events_of("not_recorded")["data"] if d["what"] == "update-norms"]
     assert "unusual parameter type" in note["message"]
+
+
+def test_silent_on_a_layer_whose_optimizer_did_not_step(tmp_path: Path) -> None:
+    """WGAN-GP, 5 critic steps per generator step: the weights are sampled every 25 steps,
+    so every sample of the generator falls on a critic step, where its optimizer did not
+    step and its weights did not move. Those are not samples of its updates."""
+    from tests.harness.faults_accumulation import fault_tables
+
+    tables = fault_tables("wgan_gp_critic_iterations", tmp_path)
+    assert (tables.update_norms == 0).any().any()  # sampled, unmoved: what read as "never changes"
+    assert update_ratio.check(tables) == []
