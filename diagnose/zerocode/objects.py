@@ -48,7 +48,8 @@ def install(session: "Session", patches: ClassPatches) -> None:
     patches.wrap(opt, "__init__", _after_init(session, session.adopt_optimizer))
     patches.wrap(opt, "zero_grad", _make_opt_zero_grad(session))
     pre = optimizer_mod.register_optimizer_step_pre_hook(
-        lambda o, args, kwargs: _route(session, session.on_optimizer_step_pre, o))
+        lambda o, args, kwargs: _route(session, session.on_optimizer_step_pre, o,
+                                       _has_closure(args, kwargs)))
     post = optimizer_mod.register_optimizer_step_post_hook(
         lambda o, args, kwargs: _route(session, session.on_optimizer_step_post, o))
     patches.add(pre.remove)
@@ -76,6 +77,12 @@ def install_for_subclass(session: "Session", patches: ClassPatches, obj) -> None
         install_scaler_methods(session, patches, type(obj))
     else:
         patches.wrap_defining(type(obj), "step", _make_sched_step(session))
+
+
+def _has_closure(args: tuple, kwargs: dict) -> bool:
+    """Whether `optimizer.step(closure)` was called with a closure (the hook's `args`
+    start with the optimizer itself)."""
+    return (len(args) > 1 and args[1] is not None) or kwargs.get("closure") is not None
 
 
 def _route(session: "Session", fn, *args) -> None:

@@ -82,6 +82,7 @@ class Session:
         """id -> a module the script calls as a model (what `narrow` hooks)."""
         self._narrow_due = False
         self._compiled_any = False
+        self._resolve_after_step = False
         _SESSIONS.add(self)
 
     # ---- lifetime -------------------------------------------------------------------------
@@ -350,12 +351,20 @@ class Session:
     def on_optimizer_zero_grad(self, opt) -> None:
         self.rec.on_zero_grad(f"opt{self.adopt_optimizer(opt)}")
 
-    def on_optimizer_step_pre(self, opt) -> None:
+    def on_optimizer_step_pre(self, opt, closure: bool = False) -> None:
         index = self.adopt_optimizer(opt)
-        self.resolve()
+        if closure and not self.resolved and not self._called:
+            # `opt.step(closure)` (LBFGS) before any forward: the model is called inside
+            # the closure, so the models are resolved when the step returns
+            self._resolve_after_step = True
+        else:
+            self.resolve()
         self.rec.on_optimizer_step_pre(f"opt{index}", opt)
 
     def on_optimizer_step_post(self, opt) -> None:
+        if self._resolve_after_step:
+            self._resolve_after_step = False
+            self.resolve()
         self.rec.on_optimizer_step_post()
         if self._narrow_due:
             self._narrow()

@@ -273,24 +273,27 @@ def sleep_after_step(run_dir: Path, seed: int = 0, steps: int = 130, drop_at: in
 
 
 def model_grows(run_dir: Path, seed: int = 0, steps: int = 130, drop_at: int = 60) -> Path:
-    """At step `drop_at` the model grows: twelve wide blocks are appended to it (a
+    """At step `drop_at` the model grows: 24 wide blocks are appended to it (a
     "progressive" option switched on by mistake), created after the Monitor attached, so
-    nothing in the record names them; each step now costs ~20x more."""
+    nothing in the record names them; each step now costs ~10x more. The steps before are
+    a few milliseconds already (not sub-millisecond): on a machine other processes load
+    all along, a sub-millisecond step is rarely preempted and a long one often, which made
+    the grown model's steps look like contention that began at the drop."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x, y = _blobs(128 * steps, 64, 4, gen)
-    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU())
-    head = nn.Linear(256, 4)
+    model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
+    head = nn.Linear(512, 4)
     net = nn.Sequential(model, head)
     opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
     with one_torch_thread(), Monitor(run_dir, model=net, optimizer=opt) as mon:
         mon.epoch(0)
         for step, (xb, yb) in enumerate(mon.loader(_batches(x, y, 128, gen))):
             if step == drop_at:  # the drop
-                for _ in range(12):
-                    block = nn.Linear(256, 256)
+                for _ in range(24):
+                    block = nn.Linear(512, 512)
                     with torch.no_grad():  # identity: the function (and the loss) does not change
-                        block.weight.copy_(torch.eye(256))
+                        block.weight.copy_(torch.eye(512))
                         block.bias.zero_()
                     model.append(block)
                     model.append(nn.ReLU())

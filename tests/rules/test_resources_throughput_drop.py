@@ -32,13 +32,14 @@ def _only(findings, severity=Severity.WARNING):
 
 # Each loop changes at its step 60. A blocking call after step 60's optimizer step lands in
 # step 61's time; a model grown before step 60's forward slows step 60 itself. Other
-# processes can make a few steps around it look slow too, hence the tolerance.
+# processes can make a few steps around it look slow too, hence the tolerance: two of the
+# rule's blocks of steps (`block_steps`, 5) before (seen at 50 under a load of 5 on 2 cores).
 @pytest.mark.parametrize("name", ["sleep_after_step", "model_grows", "extra_forwards_after_step"])
 def test_fires_on_drop(runs: dict[str, RunTables], name: str) -> None:
     first_slow = harness.FAULTS[name].at
     finding = _only(throughput_drop.check(runs[name]))
     ev = finding.evidence
-    assert first_slow - 8 <= ev["drop_step"] <= first_slow + 2
+    assert first_slow - 2 * ev["block_steps"] <= ev["drop_step"] <= first_slow + 2
     assert finding.steps == (ev["drop_step"], int(runs[name].steps.index[-1]))
     assert ev["steps_after"] >= throughput_drop.MIN_AFTER_STEPS
     assert ev["ratio"] >= throughput_drop.DROP_RATIO and ev["unit"] == "samples"

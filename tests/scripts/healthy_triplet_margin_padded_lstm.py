@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 torch.set_num_threads(1)
+torch.manual_seed(0)
 g = torch.Generator().manual_seed(11)
 
 N_CLASSES, VOCAB, MAXLEN = 6, 30, 14

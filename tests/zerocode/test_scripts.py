@@ -506,6 +506,8 @@ def check_healthy_lbfgs_closure(run: Run) -> None:
     assert by_step[0][:4] == ["opt0.step", "opt0.zero_grad", "model0.forward[TGB]", "backward"]
     assert run.calls.count("opt0.step") == 25 and run.calls.count("backward") > 25
     assert run.steps[0]["micro_batches"] > 1
+    # step() comes before the first forward (inside the closure): the model is still seen
+    assert not [n for n in run.kind("not_recorded") if n["what"] == "forward-not-seen"]
 
 
 def check_healthy_functional_call_no_set_to_none(run: Run) -> None:
