@@ -179,3 +179,28 @@ def test_other_processes_taking_the_cpu_is_info_and_says_so(cpu_after, switches_
 def test_a_slower_loop_stays_a_warning(cpu_after: float, switches_after: float, why: str) -> None:
     finding = _only(throughput_drop.check(_timed(cpu_after, switches_after)))
     assert "contention" not in finding.evidence, why
+
+
+def test_longer_steps_on_a_machine_loaded_all_along_stay_a_warning() -> None:
+    """Other processes share the CPU from the first step to the last. Before the drop the
+    steps are shorter than a time slice: most run unpreempted (their median share reads
+    100%) and one in three absorbs a whole wait. From step 250 the loop does 10x the work
+    per step and every step is preempted alike. The process's share of the CPU did not
+    change (window totals): a slower loop, not contention."""
+    n, at = 400, 250
+    rng = np.random.default_rng(5)
+    cpu = np.full(n, 1e-3) * rng.uniform(0.95, 1.05, n)
+    seconds = cpu.copy()
+    switches = np.zeros(n)
+    hit = rng.random(at) < 0.3  # before: a third of the steps wait out another process's slice
+    seconds[:at][hit] += 7e-3
+    switches[:at][hit] = 1
+    cpu[at:] *= 10
+    share = cpu[:at].sum() / seconds[:at].sum()
+    seconds[at:] = cpu[at:] / share  # after: every step preempted, the same share overall
+    switches[at:] = rng.poisson(switches[:at].sum() / cpu[:at].sum() * cpu[at:])
+    tables = _tables(seconds)
+    tables.steps["cpu_time_s"], tables.steps["involuntary_switches"] = cpu, switches
+    assert np.median(cpu[at:] / seconds[at:]) < 0.5 * np.median(cpu[:at] / seconds[:at])  # medians mislead
+    finding = _only(throughput_drop.check(tables))
+    assert "contention" not in finding.evidence

@@ -100,7 +100,7 @@ before: (nearly) every step got slower, as when the loop itself does more per st
 contention from other processes leaves some steps fast."""
 
 CPU_SHARE_FALL = 0.5
-"""Contention: the process's CPU time / wall time per step fell to at most this x before..."""
+"""Contention: the process's CPU time / wall time (window totals) fell to at most this x before..."""
 SWITCHES_RISE = 2
 RATE_RISE = 3.0
 """...and its involuntary context switches per step rose by at least SWITCHES_RISE and per
@@ -219,22 +219,30 @@ def _contention(steps: pd.DataFrame, before: np.ndarray, after: np.ndarray, evid
     time, proportionally more preemptions); a loop that blocks (a sleep, I/O, a blocking
     device sync) waits without being preempted. CPU time alone does not tell: torch's
     intra-op threads spin while a sibling thread is descheduled, so contention can raise it.
+
+    Shares and rates are taken over each window's totals, not per-step medians: on a machine
+    other processes load all along, a step shorter than the scheduler's time slice usually
+    runs unpreempted (its median share reads 100%) while the rare step that is preempted
+    absorbs the whole wait; a loop whose steps got longer is preempted in every step, and
+    its medians fell although nothing changed on the machine (a grown model read as
+    contention under a load of 4 on 2 cores).
     """
     if not {"cpu_time_s", "involuntary_switches"} <= set(steps.columns):
         return None
 
-    def medians(column: str) -> tuple[float, float]:
-        values = pd.to_numeric(steps[column], errors="coerce")
-        return float(values.reindex(before).median()), float(values.reindex(after).median())
+    columns = ["cpu_time_s", "step_time_s", "involuntary_switches"]
+    table = steps[columns].apply(pd.to_numeric, errors="coerce")
 
-    cpu_b, cpu_a = medians("cpu_time_s")
-    wall_b, wall_a = medians("step_time_s")
-    sw_b, sw_a = medians("involuntary_switches")
+    def means(rows: np.ndarray) -> tuple[float, float, float]:
+        window = table.reindex(rows).dropna()
+        return tuple(float(v) for v in window.mean()) if len(window) else (np.nan,) * 3
+
+    (cpu_b, wall_b, sw_b), (cpu_a, wall_a, sw_a) = means(before), means(after)
     if not all(np.isfinite(v) for v in (cpu_b, cpu_a, wall_b, wall_a, sw_b, sw_a)) \
             or min(cpu_b, cpu_a, wall_b, wall_a) <= 0:
         return None
-    evidence["cpu_time_s"] = [cpu_b, cpu_a]
-    evidence["involuntary_switches"] = [sw_b, sw_a]
+    evidence["cpu_time_s"] = [round(cpu_b, 6), round(cpu_a, 6)]
+    evidence["involuntary_switches"] = [round(sw_b, 2), round(sw_a, 2)]
     share_b, share_a = cpu_b / wall_b, cpu_a / wall_a
     rate_b, rate_a = sw_b / cpu_b, sw_a / cpu_a
     waited = share_a <= CPU_SHARE_FALL * share_b
@@ -243,7 +251,7 @@ def _contention(steps: pd.DataFrame, before: np.ndarray, after: np.ndarray, evid
         return None
     evidence["contention"] = True
     return (f"the process got the CPU for {share_a:.0%} of each step instead of {share_b:.0%} and was "
-            f"preempted {sw_a:g} times a step instead of {sw_b:g} ({rate_a:,.0f} instead of "
+            f"preempted {sw_a:.3g} times a step instead of {sw_b:.3g} ({rate_a:,.0f} instead of "
             f"{rate_b:,.0f} times per CPU second): other processes (or this run's own DataLoader "
             "workers) took the CPU — check the machine (`top`) before the code")
 
