@@ -341,6 +341,7 @@ def recorder_time(setup: Setup, opt, sched, scaler, step, steps: int) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="diagnose-rtime-"))
     spent = [0.0, 0]
+    by_handler: dict[str, float] = {}
     original = Recorder._safe
 
     def timed(self, fn, *args):
@@ -348,8 +349,11 @@ def recorder_time(setup: Setup, opt, sched, scaler, step, steps: int) -> None:
         try:
             return original(self, fn, *args)
         finally:
-            spent[0] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            spent[0] += elapsed
             spent[1] += 1
+            name = getattr(fn, "__name__", "?")
+            by_handler[name] = by_handler.get(name, 0.0) + elapsed
 
     rows = []
     for _ in range(5):
@@ -368,6 +372,7 @@ def recorder_time(setup: Setup, opt, sched, scaler, step, steps: int) -> None:
                 for _ in range(5):
                     step(after)
                 spent[:] = [0.0, 0]
+                by_handler.clear()
                 for _ in range(steps):
                     step(after)
                 sync(setup.device)
@@ -379,6 +384,8 @@ def recorder_time(setup: Setup, opt, sched, scaler, step, steps: int) -> None:
               f"per step ({calls:.0f} calls) = {inside / bare:.2%} of the bare step")
     print(f"median: {statistics.median(r[1] for r in rows) * 1e6:.0f} us per step, "
           f"{statistics.median(r[1] / r[0] for r in rows):.2%} of the bare step")
+    print("last round, us per step by handler: " + ", ".join(
+        f"{name} {t / steps * 1e6:.0f}" for name, t in sorted(by_handler.items(), key=lambda kv: -kv[1])))
 
 
 def main() -> None:
