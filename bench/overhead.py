@@ -19,6 +19,9 @@ rounds. Ratios are against the bare loop's median. Variants:
     python bench/overhead.py --model default           # CPU, the reference loop's CNN
     python bench/overhead.py --model mlp200            # CPU, MLP with 200 parameter tensors
     python bench/overhead.py --model gpt2 --batch 8 --seq 1024   # GPU
+    python bench/overhead.py ... --plot steps.png      # per-step time distribution (CUDA events)
+    python bench/overhead.py ... --recorder-time       # host time inside the Monitor, per handler
+    python bench/overhead.py ... --host-profile diagnose   # cProfile of the host side
 """
 from __future__ import annotations
 
