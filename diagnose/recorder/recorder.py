@@ -721,10 +721,14 @@ class Recorder:
                 values["norms"] = _after_clip(
                     values["norms"] if order is None else values["norms"][order],
                     record.get("clip_norm"), record.get("clip_max"))
-            full = np.full(len(self.params), -1.0, dtype=np.float32)
-            full[present] = values["norms"]
-            got = values["norms"].astype(np.float64)
-            record["grad_norm"] = float(np.sqrt(np.sum(got * got))) if got.size else None
+            got = values["norms"]
+            if len(present) == len(self.params):  # every parameter has a gradient: in order
+                full = got.astype(np.float32, copy=False)
+            else:
+                full = np.full(len(self.params), -1.0, dtype=np.float32)
+                full[present] = got
+            got = got.astype(np.float64)
+            record["grad_norm"] = math.sqrt(float(np.dot(got, got))) if got.size else None
             if not np.isfinite(full).all():  # the -1 "no gradient" sentinel is finite
                 record["nonfinite_grads"] = [i for i in self._bw_order_or_index()
                                              if not math.isfinite(float(full[i]))]
