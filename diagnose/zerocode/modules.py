@@ -114,9 +114,12 @@ class ForwardWatch:
             def inherited(module, *args, **kwargs):
                 return super(cls, module).__call__(*args, **kwargs)
 
+            def remove_inherited() -> None:
+                if vars(cls).get("__call__") is inherited:  # never undo someone else's patch
+                    delattr(cls, "__call__")
+
             cls.__call__ = inherited
-            self._class_calls.add(lambda: vars(cls).get("__call__") is inherited
-                                  and delattr(cls, "__call__"))
+            self._class_calls.add(remove_inherited)
             self._class_calls.wrap(cls, "__call__", make)
 
     def _install_global(self) -> None:

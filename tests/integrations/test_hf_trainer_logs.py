@@ -14,7 +14,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "hf_trainer"
 
 def test_the_trainers_own_tag_names_are_recognised() -> None:
     doc = report_json(DATA / "healthy")
-    notes = " ".join(doc["notes"]) if isinstance(doc.get("notes"), list) else str(doc)
+    notes = " ".join(doc["notes"])
     for mapping in ("train/loss -> loss", "train/grad_norm -> grad_norm",
                     "train/learning_rate -> lr", "eval/loss -> val_loss"):
         assert mapping in notes, notes

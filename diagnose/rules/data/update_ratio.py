@@ -75,7 +75,7 @@ import numpy as np
 import pandas as pd
 
 from diagnose.rules._base import Finding, RunTables, Severity, json_number
-from diagnose.rules.loop._callindex import lr_columns
+from diagnose.rules.loop._callindex import CallIndex, lr_columns
 
 NAME = "update-ratio"
 SEVERITY = Severity.WARNING
@@ -120,12 +120,15 @@ def _group_columns(run: RunTables) -> dict[int, str]:
 def _optimizer_stepped(run: RunTables, steps: pd.Index) -> dict[int, np.ndarray]:
     """Optimizer index -> whether its `step()` was called on each of `steps`, for the
     optimizers the call order shows stepping at all (none: nothing known, nothing dropped)."""
-    calls = run.calls
-    if calls is None or calls.empty or "method" not in calls.columns:
+    if run.calls is None or run.calls.empty:
         return {}
-    rows = calls[(calls["method"] == "step") & calls["obj"].astype(str).str.fullmatch(r"opt\d+")]
-    return {int(obj[3:]): np.asarray(steps.isin(group["step"].unique()))
-            for obj, group in rows.groupby("obj")}
+    calls = CallIndex.of(run)
+    stepped = {}
+    for obj in np.unique(calls.obj[calls.opt_step]):
+        if obj[3:].isdigit():  # optN
+            rows = calls.opt_step & (calls.obj == obj)
+            stepped[int(obj[3:])] = np.asarray(steps.isin(np.unique(calls.step[rows])))
+    return stepped
 
 
 def layer_ratios(run: RunTables) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
