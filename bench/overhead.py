@@ -358,6 +358,7 @@ def recorder_time(setup: Setup, opt, sched, scaler, step, steps: int) -> None:
             name = getattr(fn, "__name__", "?")
             by_handler[name] = by_handler.get(name, 0.0) + elapsed
 
+    inner = _time_inner_calls()
     rows = []
     for _ in range(5):
         with variant_context("bare", setup, opt, sched, scaler, tmp) as after:
@@ -376,6 +377,7 @@ def recorder_time(setup: Setup, opt, sched, scaler, step, steps: int) -> None:
                     step(after)
                 spent[:] = [0.0, 0]
                 by_handler.clear()
+                inner.clear()
                 for _ in range(steps):
                     step(after)
                 sync(setup.device)
@@ -389,6 +391,48 @@ def recorder_time(setup: Setup, opt, sched, scaler, step, steps: int) -> None:
           f"{statistics.median(r[1] / r[0] for r in rows):.2%} of the bare step")
     print("last round, us per step by handler: " + ", ".join(
         f"{name} {t / steps * 1e6:.0f}" for name, t in sorted(by_handler.items(), key=lambda kv: -kv[1])))
+    print("last round, us per step inside them (nested: a part's time is also in its caller's): "
+          + ", ".join(f"{name} {t / steps * 1e6:.0f}"
+                      for name, t in sorted(inner.items(), key=lambda kv: -kv[1])))
+
+
+_INNER_CALLS = {
+    "diagnose.recorder.recorder": ["Recorder._close_step", "Recorder._drain", "Recorder._finalize",
+                                   "Recorder._at_optimizer_step", "Recorder._norms_from_clip",
+                                   "Recorder._write_calls", "batch_size"],
+    "diagnose.recorder.numerics": ["HostCopier.pack", "InFlight.values", "grad_norms"],
+    "diagnose.recorder.inputs": ["InputChecks.take", "InputChecks.add_forward_inputs"],
+    "diagnose.recorder.updates": ["UpdateSampler.before", "UpdateSampler.after"],
+    "diagnose.recorder.system": ["cuda_memory", "rss_bytes", "cpu_usage"],
+    "diagnose.recorder.writer": ["RunWriter.line", "RunWriter.matrix_row"],
+}
+
+
+def _time_inner_calls() -> dict[str, float]:
+    """Wrap the recorder's main inner functions with a clock (for `--recorder-time`): the
+    returned dict accumulates seconds per function. Wrapped for the rest of the process."""
+    import importlib
+
+    spent: dict[str, float] = {}
+
+    def timed(label: str, fn: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+        return wrapper
+
+    for module_name, names in _INNER_CALLS.items():
+        module = importlib.import_module(module_name)
+        for dotted in names:
+            owner_name, _, attr = dotted.rpartition(".")
+            owner = getattr(module, owner_name) if owner_name else module
+            original = getattr(owner, attr, None)
+            if original is not None:
+                setattr(owner, attr, timed(dotted, original))
+    return spent
 
 
 def main() -> None:

@@ -220,8 +220,10 @@ def _wrap_clip(kind: str) -> Callable[[Callable], Callable]:
             if kind != "clip_grad_norm_" or not _listeners:
                 result, norms = original(*args, **kwargs), None
             else:  # keep the per-parameter norms the clip computes (clipcapture.py)
+                args, kwargs, given = clipcapture.listed_parameters(args, kwargs)
                 with clipcapture.capture() as norms:
                     result = original(*args, **kwargs)
+                norms.params = given
             for listener in list(_listeners):
                 listener._safe(listener.on_clip, kind, args, kwargs, result)
                 if norms is not None and hasattr(listener, "on_clip_norms"):

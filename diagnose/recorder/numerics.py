@@ -1,9 +1,8 @@
 """Device-side numbers, read by the host one step later without a device sync.
 
 Per step the recorder gathers a handful of 0-d device tensors (loss, loss scale, the
-pre-clip norm) and per-parameter norm vectors. `pack` concatenates them into one
-float32 vector and starts one non-blocking copy into a pinned host buffer, with a CUDA
-event behind it. `InFlight.ready()` asks the event (no sync); the host reads the values
+pre-clip norm) and per-parameter norm vectors. `pack` concatenates them into one float32 vector and
+starts one non-blocking copy into a pinned host buffer, with a CUDA event behind it. `InFlight.ready()` asks the event (no sync); the host reads the values
 when the copy has landed, usually at the next step. On CPU everything is synchronous by
 nature, so the copy is a plain read.
 
@@ -15,6 +14,7 @@ one (diagnose/rundir/shards.py).
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,31 +96,46 @@ class InFlight:
     event: Any  # torch.cuda.Event or None on CPU
     layout: dict[str, tuple[int, int]]
     meta: dict = field(default_factory=dict)
+    created: float = field(default_factory=time.perf_counter)
 
     def ready(self) -> bool:
         """Whether the copy has landed (never blocks)."""
         return self.event is None or self.event.query()
 
     def values(self) -> dict[str, np.ndarray]:
-        """The host values by name (waits for the copy if it has not landed)."""
+        """The host values by name (waits for the copy if it has not landed): views of
+        one private array (a copy of a pinned buffer, which is then reused)."""
+        flat = self.host.numpy()
         if self.event is not None:
             self.event.synchronize()
-        flat = self.host.numpy()
-        return {name: flat[a:b].copy() for name, (a, b) in self.layout.items()}
+            flat = flat.copy()
+        return {name: flat[a:b] for name, (a, b) in self.layout.items()}
 
 
 class HostCopier:
     """Packs named device tensors and copies them to the host asynchronously.
 
-    Pinned host buffers come from a free list: allocating pinned memory every step
-    would cost more than the copy. A buffer goes back to the list once its values were
-    read (`release`), so a buffer is never overwritten while its copy is in flight.
+    One `cat` of the parts (0-d scalars and a few vectors, flattened as views; cast only
+    when not float32), one non-blocking copy into a pinned host buffer of exactly that
+    size, and an event recorded behind it. Every CUDA call here costs host time on a
+    launch-bound step (on a slow lent H200 host: a view 26 us, `cat` 62 us, the copy
+    41 us, an event record 36 us; `torch._foreach_copy_` into a reused staging buffer
+    was tried and cost 207 us there, more than the `cat` it replaced: it copies tensor by
+    tensor for mixed shapes), so the calls are as few as the packing allows.
+
+    Pinned host buffers (with their events) are kept by size in a free list: allocating
+    pinned memory every step would cost more than the copy, and a step's sizes repeat
+    (a plain step, a step with weight norms, one with update norms). A buffer goes back
+    to the list once its values were read (`release`), so it is never overwritten while
+    its copy is in flight.
     """
 
     def __init__(self) -> None:
-        self._free: list[torch.Tensor] = []
+        self._free: dict[int, list[tuple[torch.Tensor, Any]]] = {}
+        self._stream: tuple[Any, Any] = (None, None)
+        """(stream id, torch.cuda.Stream) of the last pack: `Event.record()` with no stream
+        looks the current one up in Python (76 us on the slow lent host)."""
 
-    @torch.no_grad()
     def pack(self, parts: dict[str, torch.Tensor | None], meta: dict) -> InFlight:
         layout: dict[str, tuple[int, int]] = {}
         pieces: list[torch.Tensor] = []
@@ -134,37 +149,56 @@ class HostCopier:
             # labelled global while local: left out (clip_grad_norm_ returns a replicated one).
             if name == "clip_norm" and _partial(tensor):
                 continue
-            tensor = local(tensor)
+            flat = local(tensor)
+            if flat.dim() != 1:
+                flat = flat.reshape(-1)
+            if flat.dtype is not torch.float32:
+                flat = flat.float()
             if device is None:
-                device = tensor.device
-            flat = tensor.detach().reshape(-1).float()
-            if flat.device != device:
+                device = flat.device
+            elif flat.device != device:
                 flat = flat.to(device)
-            layout[name] = (offset, offset + flat.numel())
-            offset += flat.numel()
+            n = flat.numel()
+            layout[name] = (offset, offset + n)
+            offset += n
             pieces.append(flat)
         if not pieces:
             return InFlight(torch.empty(0), None, {}, meta)
         packed = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        if packed.requires_grad:  # the parts are detached or made under no_grad: a safeguard
+            packed = packed.detach()
         if packed.device.type != "cuda":
-            return InFlight(packed.to("cpu").clone(), None, layout, meta)
-        base = self._take(packed.numel())
-        host = base[: packed.numel()]
+            return InFlight(packed.to("cpu", copy=True), None, layout, meta)
+        host, event = self._take(offset)
         host.copy_(packed, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        event.record(self._current_stream(packed.device))
         flight = InFlight(host, event, layout, meta)
-        flight.meta["_base"] = base
+        flight.meta["_base"] = (host, event)
         return flight
+
+    def _current_stream(self, device: torch.device) -> Any:
+        """The current CUDA stream of `device`: its id from one C call, the Stream object
+        made again only when the id changed (a `torch.cuda.stream(...)` block)."""
+        lookup = getattr(torch._C, "_cuda_getCurrentStream", None)
+        if lookup is None:  # not in this torch: the public call every time
+            return torch.cuda.current_stream(device)
+        ident = lookup(device.index if device.index is not None else torch.cuda.current_device())
+        if ident != self._stream[0]:
+            self._stream = (ident, torch.cuda.current_stream(device))
+        return self._stream[1]
 
     def release(self, flight: InFlight) -> None:
         """Return a landed record's pinned buffer to the free list."""
         base = flight.meta.pop("_base", None)
-        if base is not None and len(self._free) < 32:
-            self._free.append(base)
+        if base is not None:
+            free = self._free.setdefault(base[0].numel(), [])
+            if len(free) < 64:
+                free.append(base)
 
-    def _take(self, numel: int) -> torch.Tensor:
-        for i, buf in enumerate(self._free):
-            if buf.numel() >= numel:
-                return self._free.pop(i)
-        return torch.empty(max(numel, 256), dtype=torch.float32, pin_memory=True)
+    def _take(self, numel: int) -> tuple[torch.Tensor, Any]:
+        free = self._free.get(numel)
+        if free:
+            return free.pop()
+        if len(self._free) > 16:  # sizes keep changing (a varying number of input checks)
+            self._free.clear()
+        return torch.empty(numel, dtype=torch.float32, pin_memory=True), torch.cuda.Event()

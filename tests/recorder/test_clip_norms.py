@@ -28,7 +28,8 @@ def _model() -> nn.Module:
 
 
 def _loop(run_dir, *, max_norm=0.05, scaler=False, clip_first=False, subset=False,
-          foreach=None, steps=6, freeze_first=False, two_clips=False, zero_after_clip=False):
+          foreach=None, steps=6, freeze_first=False, two_clips=False, zero_after_clip=False,
+          after_clip=None, clip_kwargs=False):
     torch.manual_seed(0)
     model = _model()
     if freeze_first:
@@ -56,7 +57,12 @@ def _loop(run_dir, *, max_norm=0.05, scaler=False, clip_first=False, subset=Fals
                 if two_clips:  # per-module clipping: two calls, two coefficients
                     torch.nn.utils.clip_grad_norm_(model[0].parameters(), max_norm)
                     clipped = list(model[2].parameters()) + list(model[4].parameters())
-                torch.nn.utils.clip_grad_norm_(clipped, max_norm, foreach=foreach)
+                if clip_kwargs:
+                    torch.nn.utils.clip_grad_norm_(parameters=clipped, max_norm=max_norm)
+                else:
+                    torch.nn.utils.clip_grad_norm_(clipped, max_norm, foreach=foreach)
+                if after_clip is not None:
+                    after_clip(model)
                 if zero_after_clip:  # the zero-grad-before-step bug, zeroing in place
                     opt.zero_grad(set_to_none=False)
                 opt.step()
@@ -99,6 +105,11 @@ def _own_norm_calls(monkeypatch) -> list[int]:
     ({"max_norm": 0.05, "foreach": False}, False),     # no foreach norms to reuse
     ({"max_norm": 0.05, "two_clips": True}, False),    # no single set of norms
     ({"max_norm": 0.05, "zero_after_clip": True}, False),  # stale: zeroed in place after the clip
+    ({"max_norm": 0.05, "clip_kwargs": True}, True),   # clip_grad_norm_(parameters=..., max_norm=...)
+    # one gradient scaled in place after the clip: stale
+    ({"max_norm": 0.05, "after_clip": lambda m: m[2].weight.grad.mul_(3.0)}, False),
+    # one gradient replaced after the clip: the optimizer steps with the new one
+    ({"max_norm": 0.05, "after_clip": lambda m: setattr(m[4].bias, "grad", m[4].bias.grad * 3)}, False),
 ])
 def test_norms_from_the_clip_equal_the_recorders_own(tmp_path, monkeypatch, kwargs, reused):
     with _capture_off():
@@ -115,7 +126,8 @@ def test_norms_from_the_clip_equal_the_recorders_own(tmp_path, monkeypatch, kwar
         assert got.iloc[:, :2].isna().all().all()  # no gradient, no norm
     if kwargs["max_norm"] < 1:  # post-clip norms: the total is the clip threshold
         total = np.sqrt(np.nansum(got.to_numpy(dtype=np.float64) ** 2, axis=1))
-        if not any(kwargs.get(k) for k in ("subset", "clip_first", "two_clips", "zero_after_clip")):
+        if not any(kwargs.get(k) for k in ("subset", "clip_first", "two_clips", "zero_after_clip",
+                                           "after_clip")):
             np.testing.assert_allclose(total, kwargs["max_norm"], rtol=1e-4)
 
 
