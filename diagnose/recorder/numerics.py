@@ -112,6 +112,10 @@ class InFlight:
         return {name: flat[a:b] for name, (a, b) in self.layout.items()}
 
 
+_CURRENT_STREAM = getattr(torch._C, "_cuda_getCurrentStream", None)
+"""(stream id, device index, device type) of a device's current stream: one C call."""
+
+
 class HostCopier:
     """Packs named device tensors and copies them to the host asynchronously.
 
@@ -147,17 +151,18 @@ class HostCopier:
             # DTensor norms of sharded gradients are Partial: their local value is this
             # rank's shard's norm, what is recorded. A Partial total (clip_norm) would be
             # labelled global while local: left out (clip_grad_norm_ returns a replicated one).
-            if name == "clip_norm" and _partial(tensor):
-                continue
-            flat = local(tensor)
-            if flat.dim() != 1:
-                flat = flat.reshape(-1)
+            if type(tensor) is not torch.Tensor:  # a subclass (DTensor): its local shard
+                if name == "clip_norm" and _partial(tensor):
+                    continue
+                tensor = local(tensor)
+            flat = tensor if tensor.dim() == 1 else tensor.reshape(-1)
             if flat.dtype is not torch.float32:
                 flat = flat.float()
+            where = flat.get_device()  # an int: cheaper than .device, which makes an object
             if device is None:
-                device = flat.device
-            elif flat.device != device:
-                flat = flat.to(device)
+                device = where
+            elif where != device:
+                flat = flat.to(pieces[0].device)
             n = flat.numel()
             layout[name] = (offset, offset + n)
             offset += n
@@ -179,7 +184,7 @@ class HostCopier:
     def _current_stream(self, device: torch.device) -> Any:
         """The current CUDA stream of `device`: its id from one C call, the Stream object
         made again only when the id changed (a `torch.cuda.stream(...)` block)."""
-        lookup = getattr(torch._C, "_cuda_getCurrentStream", None)
+        lookup = _CURRENT_STREAM
         if lookup is None:  # not in this torch: the public call every time
             return torch.cuda.current_stream(device)
         ident = lookup(device.index if device.index is not None else torch.cuda.current_device())
