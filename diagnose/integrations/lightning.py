@@ -20,7 +20,7 @@ strategy has built the optimizers and the precision plugin) and removed at `tear
 - every optimizer of `trainer.optimizers`, every scheduler of
   `trainer.lr_scheduler_configs` and the precision plugin's GradScaler (`16-mixed`) get
   the Monitor's hooks: call order, LR per group, loss scale and skipped steps;
-- gradient norms (total and per parameter, `torch._foreach_norm`, read a step later)
+- gradient norms (total and per parameter, `torch._foreach_norm`, read back a few steps later, no sync)
   are taken in `on_before_optimizer_step`: after the precision plugin's `unscale_` and
   before Lightning's gradient clipping, so they are the true, unclipped norms;
 - the loss comes from `backward()` (what Lightning backpropagates: divided by

@@ -14,7 +14,7 @@ The check never syncs a device and never writes to the batch (everything under n
   the values are there at once, so nothing waits;
 - a tensor on an accelerator: one `aminmax` kernel (NaN propagates into both; +Inf shows
   as the max, -Inf as the min); the pairs are packed with the step's other device values
-  (HostCopier) and read a step later.
+  (HostCopier) and read back with the step's record (no sync).
 
 What is recorded: for each step whose batches held a non-finite value, the tensors with
 `nan` / `posinf` / `neginf` flags and their `max` when it is finite. One pattern is not
@@ -138,8 +138,9 @@ class InputChecks:
         except Exception as exc:  # noqa: BLE001 - the checks are optional, the record is not
             self.failed = f"{type(exc).__name__}: {exc}"[:500]
 
-    @torch.no_grad()
     def _add(self, found: list[tuple[str, torch.Tensor]], key: Any) -> None:
+        # every tensor is detached first: no graph is recorded without a no_grad block
+        # (entering one costs more than the check of a small batch)
         if not found:
             return
         self.batches += 1

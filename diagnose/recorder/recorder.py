@@ -3,7 +3,8 @@
 It is the state machine behind `Monitor` (explicit objects), the zero-code mode and the
 pytest plugin. Hooks call the `on_*` methods; those do host-side bookkeeping and queue
 device work (norms, a packed copy) without reading any device value, so the training
-loop never waits on the recorder. Values come back a step later (`_drain`).
+loop never waits on the recorder. The values are read once their copy has landed, and the
+step records are finished in batches (`_drain`, `_BATCH`).
 
 Every `on_*` entry point runs through `_safe`: a fault in the recorder is reported once
 as a warning and an event, the recorder switches itself off, and training goes on.
