@@ -182,3 +182,56 @@ def test_torch_functions_are_restored_after_a_failing_clip(tmp_path):
         with pytest.raises(RuntimeError, match="non-finite"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, error_if_nonfinite=True)
         assert torch._foreach_norm is foreach_norm and torch.stack is stack
+
+
+def test_the_clip_norms_line_up_with_the_parameters_without_reading_each_grad(tmp_path):
+    """`ClipNorms.in_order_of`: true when the clip was given the parameter table itself
+    (every gradient present, one dtype group), false for a subset, a missing gradient, a
+    second dtype group or a sampled gradient replaced after the clip."""
+    from diagnose.recorder import hooks
+
+    model = _model()
+    params = list(model.parameters())
+    seen = []
+
+    class Listener:
+        def _safe(self, fn, *args):
+            return fn(*args)
+
+        def on_clip(self, *args):
+            pass
+
+        def on_clip_norms(self, norms):
+            norms.seal()
+            seen.append(norms)
+
+        def on_backward(self, tensor):
+            pass
+
+    listener = Listener()
+    hooks.add_global_listener(listener)
+    try:
+        model(torch.randn(4, 6)).sum().backward()
+        clip = torch.nn.utils.clip_grad_norm_
+        clip(model.parameters(), 1e6)                         # a generator
+        assert seen[-1].in_order_of(params) and seen[-1].unchanged()
+        clip(parameters=params, max_norm=1e6)                 # keywords
+        assert seen[-1].in_order_of(params) and seen[-1].unchanged()
+        clip(params[2:], 1e6)                                 # a subset
+        assert not seen[-1].in_order_of(params)
+        clip(params, 1e6)
+        params[4].grad = params[4].grad.clone()               # replaced after the clip
+        assert not seen[-1].in_order_of(params)
+        clip(params, 1e6)
+        params[0].grad.mul_(2.0)                              # changed in place after the clip
+        assert not seen[-1].unchanged()
+        params[1].grad = None                                 # a gradient missing
+        clip(params, 1e6)
+        assert not seen[-1].in_order_of(params)
+        mixed = [nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(3, dtype=torch.float64))]
+        for p in mixed:
+            p.grad = torch.ones_like(p)
+        clip(mixed, 1e6)                                      # two (device, dtype) groups
+        assert seen[-1].calls == 2 and not seen[-1].in_order_of(mixed)
+    finally:
+        hooks.remove_global_listener(listener)

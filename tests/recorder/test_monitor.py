@@ -251,3 +251,28 @@ def test_a_checkpoint_brings_the_steps_before_it_to_disk(tmp_path):
         assert [r["step"] for r in _lines(steps_file)] == [0, 1, 2, 3]
     finally:
         rec.close()
+
+
+def test_step_records_are_finished_in_batches_and_all_reach_the_disk(tmp_path, monkeypatch):
+    """Finished step records wait in memory until `_BATCH` of them are due (the wait limit
+    set out of reach here), then go to the writer together, in order; close writes the rest."""
+    from diagnose.recorder.recorder import Recorder
+
+    monkeypatch.setattr(recorder_mod, "_BATCH_WAIT_S", 3600.0)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder(tmp_path / "run")
+    rec.watch(model, opt)
+    waiting = []
+    for _ in range(recorder_mod._BATCH + 3):
+        opt.zero_grad()  # closes the previous step
+        waiting.append(len(rec._inflight))
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+    rec.close()
+    batch = recorder_mod._BATCH
+    assert waiting[: batch + 1] == list(range(batch)) + [0]  # held, then finished together
+    assert waiting[batch + 1:] == [1, 2]
+    steps = [r["step"] for r in _lines(tmp_path / "run" / "rank0" / "steps.jsonl")]
+    assert steps == list(range(batch + 3))
