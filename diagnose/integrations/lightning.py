@@ -84,10 +84,6 @@ class LightningRecorder(Recorder):
             self._at_optimizer_step(None)
         super().on_optimizer_step_post()
 
-    def on_mode(self, name: str, training: bool) -> None:
-        """`model.train()` / `model.eval()` of the LightningModule."""
-        self._token(f"{name}.{'train' if training else 'eval'}")
-
     def grads_ready(self, optimizer: torch.optim.Optimizer) -> None:
         """The gradients for `optimizer` are final (Lightning's `on_before_optimizer_step`):
         measure them now, before clipping; divided by the loss scale if the scaler has not

@@ -221,7 +221,7 @@ class Recorder:
 
         def make_train(original):
             def train(mode: bool = True):
-                self._safe(self._token, f"{name}.{'train' if mode else 'eval'}")
+                self._safe(self.on_mode, name, bool(mode))
                 return original(mode)
             return train
 
@@ -428,6 +428,14 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - profiling is optional, training is not
             self._profiler = None
             self.event("profile_error", action=action, message=f"{type(exc).__name__}: {exc}"[:2000])
+
+    def on_mode(self, name: str, training: bool) -> None:
+        """`model.train()` / `model.eval()`: a call token. Going into evaluation also hands
+        the step records whose values have landed to the writer: an evaluation can take
+        long, and a crash during it should not take the training steps before it along."""
+        self._token(f"{name}.{'train' if training else 'eval'}")
+        if not training:
+            self._drain(block=False)
 
     def on_zero_grad(self, owner: str) -> None:
         self._open_if_stepped()

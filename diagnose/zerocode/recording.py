@@ -77,9 +77,6 @@ class ZeroCodeRecorder(Recorder):
         self._token(f"{name}.update")
         self._unscaled.clear()
 
-    def on_mode(self, name: str, training: bool) -> None:
-        self._token(f"{name}.{'train' if training else 'eval'}")
-
     # ---- writing ------------------------------------------------------------------------
     def _token(self, name: str, flags: str | None = None) -> list:
         if self._frozen and len(self._calls) >= _CALLS_FLUSH:

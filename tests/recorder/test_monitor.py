@@ -255,7 +255,8 @@ def test_a_checkpoint_brings_the_steps_before_it_to_disk(tmp_path):
 
 def test_step_records_are_finished_in_batches_and_all_reach_the_disk(tmp_path, monkeypatch):
     """Finished step records wait in memory until `_BATCH` of them are due (the wait limit
-    set out of reach here), then go to the writer together, in order; close writes the rest."""
+    set out of reach here), then go to the writer together, in order; `model.eval()` hands
+    over what is waiting; close writes the rest."""
     from diagnose.recorder.recorder import Recorder
 
     monkeypatch.setattr(recorder_mod, "_BATCH_WAIT_S", 3600.0)
@@ -270,6 +271,10 @@ def test_step_records_are_finished_in_batches_and_all_reach_the_disk(tmp_path, m
         waiting.append(len(rec._inflight))
         model(torch.randn(8, 4)).pow(2).mean().backward()
         opt.step()
+    opt.zero_grad()
+    assert len(rec._inflight) == 3
+    model.eval()  # an evaluation can take long: what has landed goes to the writer first
+    assert len(rec._inflight) == 0
     rec.close()
     batch = recorder_mod._BATCH
     assert waiting[: batch + 1] == list(range(batch)) + [0]  # held, then finished together
