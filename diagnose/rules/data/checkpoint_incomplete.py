@@ -29,7 +29,12 @@ Use instead:
                f"ckpt_{epoch}.pt")
 ```
 A weights-only export at the end of the run (after the last optimizer step), or weights
-saved beside full checkpoints (a `best_model.pt`), is fine and not reported.
+saved beside full checkpoints (a `best_model.pt`), is fine and not reported. So are two
+saves that are no checkpoint at all (field test round 4): a save into an in-memory
+`io.BytesIO` (a copy of the weights: a snapshot of the best model, a deep copy, a
+pretrained state made in place; it is gone when the process dies, so it cannot be
+resumed from), and a save before the first optimizer step (the initial weights kept for
+a lottery-ticket rewind or a reproducibility check, a pretrained export).
 
 ## Thresholds
 None: at least one weights-only checkpoint saved before the last optimizer step, and no
@@ -73,6 +78,19 @@ def classify(data: dict[str, Any]) -> str | None:
     return None
 
 
+IN_MEMORY = {"<BytesIO>"}
+"""`path` of a `torch.save` into an in-memory buffer (diagnose/recorder/checkpoints.py
+names file objects `<ClassName>`; an open file, `<BufferedWriter>`, is a real checkpoint)."""
+
+
+def _first_step_end(run: RunTables) -> float | None:
+    """Run time (`t_s`) at which the first optimizer step ended, when recorded."""
+    if not len(run.steps) or "t_s" not in run.steps:
+        return None
+    first = run.steps["t_s"].iloc[0]
+    return float(first) if first == first else None
+
+
 def check(run: RunTables) -> list[Finding]:
     events = run.events_of("checkpoint")
     if events.empty:
@@ -81,12 +99,15 @@ def check(run: RunTables) -> list[Finding]:
     if "full" in kinds:
         return []
     last_step = int(run.steps.index.max()) if len(run.steps) else None
+    first_step_end = _first_step_end(run)
     during: list[tuple[int | None, dict]] = []
     seen: set[str] = set()
-    for kind, step, data in zip(kinds, events["step"], events["data"]):
+    for kind, step, t_s, data in zip(kinds, events["step"], events["t_s"], events["data"]):
         path = str(data.get("path"))
         if kind != "weights" or path in seen:  # one file: torch.save's event and log_checkpoint's
             continue
+        if path in IN_MEMORY or (first_step_end is not None and t_s == t_s and t_s < first_step_end):
+            continue  # a copy in memory, or the initial weights: not a checkpoint to resume from
         seen.add(path)
         step = None if step is None or step != step else int(step)
         # an event's step is the step under way (the last one taken, between steps): a save

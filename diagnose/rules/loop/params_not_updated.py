@@ -11,6 +11,15 @@ reported at info (a freeze done through the LR: `requires_grad_(False)` saves th
 backward work). Frozen parameters (`requires_grad=False`) never get gradients and are
 never flagged.
 
+The whole model never changing is flagged too (error): backward() ran and the optimizers
+stepped on at least 3 steps, gradients were recorded (`grad_every` >= 1), watched models ran
+forwards with autograd on (at least 3) but a backward reached none of them, and not one
+trainable parameter of any optimizer ever held a non-zero gradient. The loss reached no
+weight: it was cut from the graph (`loss.detach().requires_grad_()`, a loss rebuilt with
+`torch.tensor(loss.item(), requires_grad=True)`, predictions taken from `.detach()` or
+numpy). Before field test round 4 this went unflagged (no gradient at all left no
+gradient table, so the rule was not even run; tests/scripts/loss_detached_requires_grad.py).
+
 Parameters *in* an optimizer whose weight norm never changes are not flagged: a norm can
 stay put while the tensor moves. In a healthy reference run (SGD, LR 3e-3) two BatchNorm
 weights initialised at 1.0 kept a bit-identical float32 norm (sqrt(8)) over 4 samples
@@ -54,7 +63,7 @@ from diagnose.rules.loop._callindex import OPTIMIZER_ONLY, CallIndex, lr_columns
 
 NAME = "params-not-updated"
 SEVERITY = Severity.ERROR
-REQUIRES = ("params", "grad_norms")
+REQUIRES = ("params",)
 
 MIN_GRAD_STEPS = 3
 GRAD_FRACTION = 0.5
@@ -148,10 +157,71 @@ def _finding(run: RunTables, calls: CallIndex, indices: list[int], spread: pd.Se
                    explanation=explanation, fix=_FIX)
 
 
+_DETACHED_FIX = """Compute the loss from the model's output with torch operations only, and call backward() on that tensor:
+    loss = criterion(model(x), y)        # no .detach(), .item(), .numpy() or torch.tensor(...) on the way
+    loss.backward()
+`loss.detach().requires_grad_()` or `torch.tensor(loss.item(), requires_grad=True)` silences the
+"does not require grad" error by making a new leaf: backward() then reaches no weight. Find
+where the graph is cut: `print(loss.grad_fn)` should name the last operation, not None."""
+
+
+def _trainable_held(run: RunTables) -> list[int]:
+    """Parameter indices held by an optimizer that require grad."""
+    params = run.params
+    owner = pd.to_numeric(params["optimizer"], errors="coerce")
+    trainable = params["requires_grad"].fillna(True).astype(bool)
+    return [int(i) for i in params.index if not pd.isna(owner.get(i)) and trainable.get(i, True)]
+
+
+def _disconnected(run: RunTables, calls: CallIndex) -> Finding | None:
+    """backward() and optimizer steps ran, gradients were recorded, and no trainable
+    parameter of any optimizer ever got a non-zero gradient: the loss reached no weight."""
+    grad_every = (run.meta.get("options") or {}).get("grad_every") if isinstance(run.meta, dict) else None
+    if not isinstance(grad_every, int) or grad_every < 1 or not len(calls):
+        return None
+    held = _trainable_held(run)
+    backwards, steps = int(calls.backward.sum()), int(calls.any_opt_step.sum())
+    if not held or backwards < MIN_GRAD_STEPS or steps < MIN_GRAD_STEPS or len(run.steps) < MIN_GRAD_STEPS:
+        return None
+    # the call order must show it: forwards with autograd on, none of them reached by a
+    # backward (gradients cleared between backward and step leave [..B] forwards behind:
+    # zero-grad-before-step's case, not this one)
+    graded = calls.forward & calls.grad_on
+    if graded.sum() < MIN_GRAD_STEPS or (calls.forward & calls.backprop).any():
+        return None
+    norms = run.grad_norms.reindex(columns=held) if not run.grad_norms.empty else pd.DataFrame(columns=held)
+    values = norms.to_numpy(dtype=float)
+    if (np.isfinite(values) & (values != 0)).any():
+        return None
+    spread = _spread(run, held)
+    if (spread > STILL_RELATIVE).any():
+        return None
+    names = [str(run.params.at[i, "name"]) for i in held]
+    step, sequence = _example(calls)
+    return Finding(
+        rule=NAME, severity=SEVERITY,
+        title=(f"No parameter ever received a gradient: backward() ran {backwards} times and the optimizer stepped "
+               f"{steps} times, but the loss reaches none of the {len(held)} trainable tensors"),
+        steps=(int(run.steps.index.min()), int(run.steps.index.max())),
+        evidence={"reason": "no gradient reached any parameter", "parameters": names[:20], "parameter_count": len(held),
+                  "backward_calls": backwards, "optimizer_steps": steps,
+                  "weight_norm_samples": int(len(run.param_norms)), "step": step, "sequence": sequence},
+        explanation=("Every backward() ran on a loss that is not connected to the model's weights: their gradients "
+                     "stayed empty (None or zero) on every recorded step, so each optimizer step changed nothing and "
+                     "the model keeps its initial weights"
+                     + (", as its recorded weight norms confirm" if len(run.param_norms) >= 2 else "")
+                     + ". The forward passes that built the loss read as evaluations for the same reason "
+                       "(no backward reached them)."),
+        fix=_DETACHED_FIX)
+
+
 def check(run: RunTables) -> list[Finding]:
     params = run.params
-    if params.empty or run.grad_norms.empty:
+    if params.empty:
         return []
+    if run.grad_norms.empty:
+        finding = _disconnected(run, CallIndex.of(run)) if bool(run.objects.get("optimizers")) else None
+        return [finding] if finding else []
     receiving = _receiving(run)
     trainable = params["requires_grad"].fillna(True).astype(bool)
     candidates = [int(i) for i in params.index if receiving.get(i, False) and trainable.get(i, True)]

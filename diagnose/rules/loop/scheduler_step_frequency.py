@@ -58,8 +58,15 @@ for epoch in range(epochs):
   the largest share of steps below 1e-6 x the peak is 2.1% (a warm-up from 0's first step),
   12x below the threshold. A tiny LR that is constant (a group frozen by its LR) is at its
   own maximum and never counts.
-- LambdaLR and ReduceLROnPlateau have no length and no fixed decay and are not judged (a
-  warm-up from 0 stepped per epoch still shows as `zero-lr-steps`).
+- LambdaLR and MultiplicativeLR (a function of the step count) are judged the same way, by
+  the LR that ran (field test round 4: `LambdaLR(lambda epoch: 0.9 ** epoch)` stepped every
+  batch of 25-batch epochs was below 1e-6 x its peak from step 132 of 300, 56% of the
+  run); their healthy per-batch uses (a warm-up from 0, a linear or cosine decay to 0)
+  touch that level on their first or last step or two only, the same as the classes above;
+  for them only an LR above 0 counts (a function clamped at exactly 0 for the second half,
+  tests/harness/faults_loop.py `lambda_schedule_ends_halfway`, is `zero-lr-steps`' case).
+  ReduceLROnPlateau has no length and no fixed decay and is not judged (a warm-up from 0
+  stepped per epoch still shows as `zero-lr-steps`).
 """
 from __future__ import annotations
 
@@ -85,8 +92,15 @@ FREQUENT_RATIO = 1.5
 """Optimizer steps per scheduler step up to which a schedule counts as stepped per iteration."""
 OVERRUN = 2.0
 """Scheduler steps / T_max from which a cosine stepped per iteration is flagged."""
-DECAY_CLASSES = ("StepLR", "MultiStepLR", "ExponentialLR")
-"""Decays whose step_size / milestones / gamma are usually meant per epoch."""
+DECAY_CLASSES = ("StepLR", "MultiStepLR", "ExponentialLR", "LambdaLR", "MultiplicativeLR")
+"""Schedules without a length, judged by the LR that ran: the first three's step_size /
+milestones / gamma are usually meant per epoch; LambdaLR and MultiplicativeLR take a
+function of the epoch count (`lambda epoch: 0.9 ** epoch`) that is often meant per epoch
+too (field test round 4, tests/scripts/lambda_lr_epoch_decay_per_batch.py)."""
+FUNCTION_CLASSES = ("LambdaLR", "MultiplicativeLR")
+"""Schedules given as a function: only a tiny LR above 0 counts for them (a geometric decay
+never reaches 0; a warm-up + linear decay clamped at 0 halfway is a schedule that ends too
+early, `zero-lr-steps`, not one stepped too often)."""
 DECAYED_FACTOR = 1e-6
 """LR / its maximum below which the LR counts as decayed away."""
 DECAYED_SHARE = 0.25
@@ -171,6 +185,8 @@ def _decayed_away(run: RunTables, calls: CallIndex, entry: dict, i: int, n_opt: 
     if not len(lr) or lr.max() <= 0:
         return None
     tiny = lr < DECAYED_FACTOR * lr.max()
+    if cls in FUNCTION_CLASSES:
+        tiny &= lr > 0  # a function clamped at exactly 0 ends early: zero-lr-steps' finding
     share = float(tiny.mean())
     if share < DECAYED_SHARE:
         return None
@@ -178,7 +194,7 @@ def _decayed_away(run: RunTables, calls: CallIndex, entry: dict, i: int, n_opt: 
         int(np.argmax(tiny))]])
     setting = {"StepLR": f"step_size={config.get('step_size')}, gamma={config.get('gamma')}",
                "MultiStepLR": f"milestones={config.get('milestones')}, gamma={config.get('gamma')}",
-               "ExponentialLR": f"gamma={config.get('gamma')}"}[cls]
+               "ExponentialLR": f"gamma={config.get('gamma')}"}.get(cls, "a function of the step count")
     evidence = {"scheduler": sched, "scheduler_class": cls, "setting": setting,
                 "scheduler_steps": n_sched, "optimizer_steps": n_opt,
                 "optimizer_steps_per_scheduler_step": round(n_opt / n_sched, 2),
@@ -187,8 +203,10 @@ def _decayed_away(run: RunTables, calls: CallIndex, entry: dict, i: int, n_opt: 
                 "sequence": calls.sequence(int(rows[0]))}
     title = (f"{sched} ({cls}, {setting}) was stepped {n_sched} times in {n_opt} optimizer steps: the LR "
              f"was below a millionth of its peak from step {first_tiny} ({100 * share:.0f}% of the run)")
-    explanation = (f"{cls} decays the learning rate each time scheduler.step() is called; its {setting} reads "
-                   f"like a number of epochs, but it was stepped about every optimizer step. The LR fell from "
+    meant = (f"its {setting} reads like a number of epochs" if cls in ("StepLR", "MultiStepLR", "ExponentialLR")
+             else "its function's argument counts scheduler.step() calls, often written as epochs")
+    explanation = (f"{cls} decays the learning rate each time scheduler.step() is called; {meant}, "
+                   f"but it was stepped about every optimizer step. The LR fell from "
                    f"{evidence.get('lr_max', 'n/a')} to {evidence.get('lr_last', 'n/a')}: from step {first_tiny} "
                    "on, the optimizer steps change nothing.")
     return Finding(rule=NAME, severity=SEVERITY, title=title,

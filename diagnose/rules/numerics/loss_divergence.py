@@ -38,6 +38,13 @@ where it started (all progress lost), else warning.
 A run that trains different models one after the other (a teacher, then a student with
 its own optimizer: `_signals.training_stages`) is judged stage by stage: the student's
 first losses are not a rise from the teacher's best.
+A loss that never fell before it rose (its best is its start, within 4 standard errors)
+and has stopped rising (the last w losses no higher than the w around the middle of the
+run, within the same margin) is reported at info only: the task got harder during the
+first steps on purpose (field test round 4: a MoCo queue filling with real negatives,
+2.1 -> 4.0 over 9 steps, then flat at 3.8 for 70 steps; tests/rules/test_field_test_round4.py).
+A loss that rises from the start and keeps rising (`maximize=True`, a sign error, an LR
+too high from step 0) keeps its warning or error.
 Healthy scenarios (12, seeds 0-2): at most 11 consecutive "up" steps, 3.7% of the run
 (batch size 2, 300 steps); a converged run whose loss went from 1e-7 to 4e-6 is not up
 (that is nothing next to the 1.4 it started from). Faulty runs (seeds 0-2): 175-178 of
@@ -117,6 +124,8 @@ def _check_series(steps, loss) -> list[Finding]:
     end = float(np.median(values[-w:]))
     lost_all = end >= start
     severity = Severity.ERROR if lost_all else Severity.WARNING
+    if _rose_from_the_start_and_settled(values, start, best_value, end, NOISE_SE * se, w):
+        return [_settled_rise(steps, start, end, peak, peak_step, onset, last, up_steps, w, noise)]
     recovered = b < n - 1 and not lost_all
     title = (f"Loss rose from its best, {_signals.fmt(best_value)} (step {best_step}), to {_signals.fmt(peak)} "
              f"(step {peak_step}): up on {up_steps} steps from step {onset}")
@@ -161,6 +170,37 @@ def _check_series(steps, loss) -> list[Finding]:
         explanation += " By the end the loss is no better than at the start: everything learned was lost."
     return [Finding(rule=NAME, severity=severity, title=title, steps=(onset, last), evidence=evidence,
                     explanation=explanation, fix=_FIX)]
+
+
+def _rose_from_the_start_and_settled(values: np.ndarray, start: float, best: float, end: float, margin: float,
+                                     w: int) -> bool:
+    """The loss never fell measurably before it rose (its best is its start, within
+    `margin`), and it has stopped rising: the last w losses are no higher than the w
+    around the middle of the run, beyond `margin`."""
+    if start - best > margin:
+        return False
+    mid = len(values) // 2
+    middle = float(np.median(values[max(0, mid - w // 2):mid + w - w // 2]))
+    return end - middle <= margin
+
+
+def _settled_rise(steps, start: float, end: float, peak: float, peak_step: int, onset: int, last: int,
+                  up_steps: int, w: int, noise: float) -> Finding:
+    """The info finding for a loss that rose over the first steps, without any progress
+    before, and then stopped rising (see Thresholds)."""
+    title = (f"Loss rose from the first steps, {_signals.fmt(start)} to {_signals.fmt(peak)} (step {peak_step}), "
+             f"and settled at {_signals.fmt(end)}: it never fell before the rise")
+    explanation = ("The loss did not fall at all before it rose, and the rise stopped: from the middle of the run "
+                   "to the end it is flat. That is how a loss behaves whose task gets harder during the first "
+                   "steps on purpose: a contrastive loss whose queue or memory bank fills with real negatives "
+                   "(MoCo), a KL or regulariser weight that is annealed in, a curriculum. If none of that applies, "
+                   "the model learned nothing: check that the loss is minimised (not `maximize=True`, not a sign "
+                   "error in a hand-written update) and that the LR is not too high from the first step.")
+    evidence = {"loss_start": start, "peak_loss": peak, "peak_step": peak_step, "loss_end": end,
+                "onset_step": onset, "end_step": last, "up_steps": up_steps, "window": w, "noise": noise,
+                "shape": "rose from the start, then settled", "lr_at_onset": _lr(steps, onset)}
+    return Finding(rule=NAME, severity=Severity.INFO, title=title, steps=(onset, last), evidence=evidence,
+                   explanation=explanation, fix=_FIX)
 
 
 def _lr(steps, step: int) -> list[float]:
