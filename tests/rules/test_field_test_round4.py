@@ -11,6 +11,8 @@ the healthy loops next to it that must stay silent.
   stays silent;
 - checkpoint-incomplete: a save into an `io.BytesIO` (a copy of the weights) and a save
   before the first optimizer step (the initial weights) are no resume checkpoints;
+- zero-grad-before-step: `zero_grad -> forward -> step -> backward` (the step moved before
+  backward in a refactor) is named as such, with the fix for that order;
 - loss-divergence: a loss that never fell before it rose, and then stopped rising (a MoCo
   queue filling with real negatives), is info; still rising, or after progress, it warns.
 """
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 from diagnose import Monitor
 from diagnose.rules._base import Severity
 from diagnose.rules.data import checkpoint_incomplete
-from diagnose.rules.loop import missing_zero_grad, params_not_updated, scheduler_step_frequency
+from diagnose.rules.loop import (missing_zero_grad, params_not_updated, scheduler_step_frequency,
+                                 zero_grad_before_step)
 from diagnose.rules.numerics import loss_divergence
 from diagnose.rundir.reader import read_run
 from diagnose.rundir.tables import RunTables
@@ -210,3 +213,34 @@ def test_loss_divergence_still_warns_when_the_loss_fell_before_it_rose_and_settl
     fell_then_rose = np.concatenate([np.linspace(4.0, 2.0, 30), np.full(50, 3.5)])
     [finding] = loss_divergence.check(_loss_steps(fell_then_rose + 0.02 * np.random.default_rng(1).standard_normal(80)))
     assert finding.severity >= Severity.WARNING and finding.evidence["best_step"] >= 25
+
+
+# ---- zero-grad-before-step: the step moved before backward() ------------------------------------
+
+def _order_loop(run_dir: Path, order: str) -> Path:
+    torch.manual_seed(0)
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with Monitor(run_dir, model=model, optimizer=opt):
+        for step in range(12):
+            batch = slice(step * 32, (step + 1) * 32)
+            if order == "step first":          # zero_grad -> forward -> step -> backward
+                opt.zero_grad()
+                loss = F.mse_loss(model(x[batch]), y[batch])
+                opt.step()
+                loss.backward()
+            else:                              # forward -> backward -> zero_grad -> step
+                F.mse_loss(model(x[batch]), y[batch]).backward()
+                opt.zero_grad()
+                opt.step()
+    return run_dir
+
+
+@pytest.mark.parametrize("order, expected", [("step first", "step before backward"),
+                                             ("clear between", "zero_grad between backward and step")])
+def test_zero_grad_before_step_says_which_order_ran(order: str, expected: str, tmp_path: Path) -> None:
+    [finding] = zero_grad_before_step.check(read_run(_order_loop(tmp_path / "run", order)).first)
+    assert finding.evidence["order"] == expected
+    assert finding.title.startswith("opt0.step() runs before backward()") == (order == "step first")
+    assert ("loss.backward()\n    optimizer.step()" in finding.fix) == (order == "step first")

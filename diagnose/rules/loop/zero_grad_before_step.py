@@ -123,6 +123,34 @@ _FIX = """Clear the gradients before the backward pass, never between it and the
     scaler.update()"""
 
 
+_STEP_FIRST_FIX = """Call backward() before the optimizer step, and clear before the forward pass:
+    optimizer.zero_grad(set_to_none=True)
+    loss = criterion(model(x), y)
+    loss.backward()
+    optimizer.step()"""
+
+
+def _stepped_before_backward(calls: CallIndex, suspect: np.ndarray) -> bool:
+    """Whether, at most of these steps, the step ran before its batch's backward: a
+    backward follows the step call before the next `zero_grad`, with a forward between the
+    clear and the step (zero_grad -> forward -> step -> backward: the order got shuffled,
+    rather than a clear slipped in between backward and step)."""
+    n = len(calls)
+    next_backward = calls.next_at_or_after(calls.backward)
+    next_clear = calls.next_at_or_after(calls.zero_grad)
+    last_forward = calls.last_at_or_before(calls.forward)
+    last_clear = calls.last_at_or_before(calls.zero_grad)
+    hits = 0
+    for position in suspect:
+        after = position + 1
+        if after >= n:
+            continue
+        backward_next = next_backward[after] < next_clear[after]
+        forward_between = last_forward[position] > last_clear[position] >= 0
+        hits += bool(backward_next and forward_between)
+    return hits >= 0.75 * len(suspect)
+
+
 def _optimizer_params(run: RunTables, opt: str) -> list[int]:
     params = run.params
     if params.empty or not opt[3:].isdigit():
@@ -249,11 +277,16 @@ def check(run: RunTables) -> list[Finding]:
         first = int(suspect[0])
         clear_at = int(np.flatnonzero(calls.zero_grad[:first + 1])[-1])
         n_opt_steps = len(positions)
+        step_first = _stepped_before_backward(calls, suspect)
+        title = (f"{calls.token[clear_at]} runs after backward() and before {opt}.step() in {len(steps)} of "
+                 f"{n_opt_steps} steps: the optimizer steps without gradients")
+        if step_first:
+            title = (f"{opt}.step() runs before backward() in {len(steps)} of {n_opt_steps} steps: each step follows "
+                     f"{calls.token[clear_at]} and uses no gradients")
         findings.append(Finding(
             rule=NAME,
             severity=SEVERITY,
-            title=(f"{calls.token[clear_at]} runs after backward() and before {opt}.step() in {len(steps)} of "
-                   f"{n_opt_steps} steps: the optimizer steps without gradients"),
+            title=title,
             steps=(steps[0], steps[-1]),
             evidence={
                 "optimizer": opt,
@@ -265,6 +298,7 @@ def check(run: RunTables) -> list[Finding]:
                 "steps_with_known_gradients": recorded,
                 "steps_without_gradients": gone,
                 "clearing_call": str(calls.token[clear_at]),
+                "order": "step before backward" if step_first else "zero_grad between backward and step",
                 "sequence": calls.sequence(first),
             },
             explanation=(f"{calls.token[clear_at]} cleared the gradients that backward() had just computed, and "
@@ -273,8 +307,11 @@ def check(run: RunTables) -> list[Finding]:
                             "the optimizer was absent or zero. " if recorded else
                             "no gradient norms were recorded at these steps, so this rests on the call order. ")
                          + "Nothing is learned from these batches; weight decay and momentum still move the weights, "
-                           "which can hide it."),
-            fix=_FIX,
+                           "which can hide it."
+                         + (f" Here the order is zero_grad -> forward -> {opt}.step() -> backward(): the step comes "
+                            "before its own batch's backward, whose gradients the next zero_grad then throws away."
+                            if step_first else "")),
+            fix=_STEP_FIRST_FIX if step_first else _FIX,
         ))
     if accumulation is not None:
         findings.append(accumulation)
