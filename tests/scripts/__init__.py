@@ -122,6 +122,29 @@ SCRIPTS: dict[str, ScriptCase] = {
                                                     allowed=("gradient-explosion", "loss-divergence")),
     "cosine_tmax_epochs_stepped_per_batch.py": ScriptCase(rules=("scheduler-step-frequency", "zero-lr-steps")),
     "functional_dropout_ignores_eval.py": ScriptCase(rules=("eval-without-eval-mode",)),
+    # field test, round 4 (docs/rules.md "Field test")
+    "healthy_reinforce_actor_critic.py": ScriptCase(),
+    "healthy_diffusion_noise_prediction.py": ScriptCase(),
+    "healthy_uncertainty_weighted_multitask.py": ScriptCase(),
+    "healthy_magnitude_pruning_masks.py": ScriptCase(),
+    "healthy_bf16_scaler_disabled_nosync.py": ScriptCase(),
+    "healthy_moco_momentum_encoder.py": ScriptCase(),
+    "healthy_early_stop_restore_best.py": ScriptCase(),
+    "healthy_dann_gradient_reversal.py": ScriptCase(),
+    "healthy_ctc_lstm_time_major.py": ScriptCase(),
+    # the forwards that built the cut loss read as evaluations with grad (no backward reached them)
+    "loss_detached_requires_grad.py": ScriptCase(rules=("params-not-updated",),
+                                                 allowed=("eval-with-grad", "loss-plateau")),
+    "module_zero_grad_covers_one_model.py": ScriptCase(rules=("missing-zero-grad",),
+                                                       allowed=("gradient-explosion", "loss-divergence")),
+    "optimizer_before_model_reloaded.py": ScriptCase(rules=("params-not-updated",), allowed=("loss-plateau",)),
+    "validation_metric_helper_sets_train.py": ScriptCase(rules=("eval-without-eval-mode",)),
+    "model_eval_without_parentheses.py": ScriptCase(rules=("eval-without-eval-mode",)),
+    "sqrt_zero_distance_nan_grad.py": ScriptCase(
+        rules=("nonfinite-gradients", "nonfinite-parameters", "nonfinite-loss")),
+    "lambda_lr_epoch_decay_per_batch.py": ScriptCase(rules=("scheduler-step-frequency",)),
+    "step_before_backward.py": ScriptCase(rules=("zero-grad-before-step",),
+                                          allowed=("params-not-updated", "loss-plateau")),
 }
 
 

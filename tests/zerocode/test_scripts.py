@@ -615,6 +615,130 @@ def check_functional_dropout_ignores_eval(run: Run) -> None:
     assert {(d["fn"], d["p"], d["forward_token"]) for d in dropout} == {("dropout", 0.5, "model0.forward[EN]")}
 
 
+# ---- field test, round 4 ----------------------------------------------------------------------
+
+def _tables(run: Run):
+    """The rank's tables, as the rules read them."""
+    from diagnose.rundir.reader import read_run
+
+    return read_run(run.path).first
+
+
+def check_healthy_reinforce_actor_critic(run: Run) -> None:
+    # acting (one no_grad forward per move) reads as evaluation in train mode: Linear/Tanh, info
+    assert len(run.steps) == 60 and run.calls.count("model0.forward[TGB]") == 60
+    assert run.calls.count("model0.forward[TN]") > 60 and run.calls.count("clip_grad_norm_") == 60
+    losses = _loss_series(run)
+    assert min(losses) < 0 < max(losses)  # the policy-gradient surrogate changes sign
+
+
+def check_healthy_diffusion_noise_prediction(run: Run) -> None:
+    # the EMA copy (no optimizer, requires_grad off) is not a model; its sampling is not recorded
+    assert len(run.steps) == 150 and run.objects["models"] == [{"index": 0, "class": "Denoiser"}]
+    assert run.calls_by_step()[149] == ["model0.forward[TGB]", "opt0.zero_grad", "backward", "opt0.step"]
+
+
+def check_healthy_uncertainty_weighted_multitask(run: Run) -> None:
+    names = [p["name"] for p in run.params]
+    assert names[0] == "log_vars" and len(run.steps) == 120
+    assert _loss_series(run)[0] > 1 and _loss_series(run)[-1] < 0  # a total that goes negative
+
+
+def check_healthy_magnitude_pruning_masks(run: Run) -> None:
+    # prune renames weight -> weight_orig (the same tensor): the table keeps the name it had
+    assert [p["name"] for p in run.params] == ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias"]
+    assert len(run.steps) == 100 and [s["epoch"] for s in run.steps][::20] == [0, 1, 2, 3, 4]
+    grads = _tables(run).grad_norms
+    assert (grads.iloc[-1] > 0).all()  # pruned weights' gradients are masked, not the tensors'
+
+
+def check_healthy_bf16_scaler_disabled_nosync(run: Run) -> None:
+    assert run.objects["scalers"][0]["enabled"] is False
+    assert len(run.steps) == 40 and all(s["micro_batches"] == 4 and s["clip_max"] == 1.0 for s in run.steps)
+    step = run.calls_by_step()[1]  # the previous update's zero_grad(set_to_none=True) opens it
+    assert step[0] == "opt0.zero_grad" and step[-5:] == ["scaler0.unscale_", "clip_grad_norm_", "scaler0.step",
+                                                          "opt0.step", "scaler0.update"]
+
+
+def check_healthy_moco_momentum_encoder(run: Run) -> None:
+    # the key encoder (no optimizer) is not a model: its no_grad train-mode forwards are not recorded
+    assert len(run.steps) == 80 and run.objects["models"] == [{"index": 0, "class": "Sequential"}]
+    from diagnose.rules._base import Severity
+    from diagnose.rules.numerics import loss_divergence
+
+    [finding] = loss_divergence.check(_tables(run))  # the queue fills: a rise, then flat
+    assert finding.severity == Severity.INFO and finding.evidence["shape"] == "rose from the start, then settled"
+
+
+def check_healthy_early_stop_restore_best(run: Run) -> None:
+    assert len(run.steps) == 168 and run.stdout.count("restored best") == 2
+    lrs = sorted({s["lr"][0] for s in run.steps}, reverse=True)
+    assert lrs == pytest.approx([2e-2, 1e-2, 2.5e-3])
+
+
+def check_healthy_dann_gradient_reversal(run: Run) -> None:
+    assert len(run.steps) == 120 and len(run.params) == 10
+    lrs = [s["lr"][0] for s in run.steps]
+    assert lrs[0] == pytest.approx(0.05) and lrs[-1] < lrs[0] / 5  # annealed by hand
+
+
+def check_healthy_ctc_lstm_time_major(run: Run) -> None:
+    rnn = run.kind("rnn_call")
+    assert rnn and all(r["batch_first"] is False for r in rnn)
+    assert len(run.steps) == 60 and _loss_series(run)[-1] < _loss_series(run)[0] / 2
+
+
+def check_loss_detached_requires_grad(run: Run) -> None:
+    # no backward reaches the forward: no [..B] flag, and no gradient table at all
+    assert len(run.steps) == 50 and run.calls.count("model0.forward[TG]") == 50
+    assert not (run.rank / "grad_norms.arrow").exists()
+
+
+def check_module_zero_grad_covers_one_model(run: Run) -> None:
+    assert [p["name"].split(".")[0] for p in run.params] == ["model0"] * 4 + ["model1"] * 2
+    assert run.calls_by_step()[5] == ["model0.forward[TGB]", "model1.forward[TGB]", "model1.zero_grad", "backward",
+                                      "opt0.step"]
+
+
+def check_optimizer_before_model_reloaded(run: Run) -> None:
+    owner = {p["name"]: p["optimizer"] for p in run.params}
+    assert owner["0.weight"] is None and owner["opt0.group0.0"] == 0
+    [saved] = run.kind("checkpoint")  # the "pretrained" state saved into a BytesIO: no checkpoint
+    assert saved["path"] == "<BytesIO>" and saved["step"] == 0
+
+
+def check_validation_metric_helper_sets_train(run: Run) -> None:
+    tail = run.calls_by_step()[19]
+    val = tail[tail.index("phase:val"):]
+    # the first validation batch runs in eval mode, the helper's train() turns the other three
+    assert [t for t in val if ".forward" in t] == ["model0.forward[EN]"] + ["model0.forward[TN]"] * 3
+    assert val.count("model0.train") >= 4
+
+
+def check_model_eval_without_parentheses(run: Run) -> None:
+    assert "model0.eval" not in run.calls and run.calls.count("model0.forward[TI]") == 4 * 2
+    assert len(run.steps) == 48
+
+
+def check_sqrt_zero_distance_nan_grad(run: Run) -> None:
+    losses = _loss_series(run)
+    # the loss at step 12 is finite, its gradient is not; the weights are NaN from then on
+    assert math.isfinite(losses[12]) and losses[13] == "nan"
+    assert run.steps[11]["grad_norm"] != "nan" and run.steps[12]["grad_norm"] == "nan"
+
+
+def check_lambda_lr_epoch_decay_per_batch(run: Run) -> None:
+    lrs = [s["lr"][0] for s in run.steps]
+    assert len(lrs) == 300 and run.calls.count("sched0.step") == 300
+    assert lrs[25] == pytest.approx(0.05 * 0.9 ** 25, rel=1e-4) and lrs[131] < 1e-6 * 0.05 * 5
+
+
+def check_step_before_backward(run: Run) -> None:
+    by_step = run.calls_by_step()
+    assert by_step[0] == ["batch", "opt0.zero_grad", "model0.forward[TGB]", "opt0.step"]
+    assert by_step[1][:4] == ["backward", "batch", "opt0.zero_grad", "model0.forward[TGB]"]
+
+
 CHECKS = {name: globals()[f"check_{name[:-3]}"] for name in SCRIPTS}
 
 
