@@ -129,6 +129,9 @@ class Recorder:
         self.params: list[torch.Tensor] = []
         self.param_names: list[str] = []
         self._param_ids: dict[int, int] = {}
+        self._late_optimizer = False
+        """An optimizer was attached after the parameter table was fixed: its parameters
+        are added at its first step (`grow_params`)."""
         self._every_index: list[int] = []
         """[0, 1, ..., n-1]: the `present` list of a step where every parameter has a
         gradient (shared between records, never changed)."""
@@ -200,6 +203,7 @@ class Recorder:
                  (self.optimizers, self._attach_optimizer, [optimizer, *optimizers]),
                  (self.schedulers, self._attach_scheduler, [scheduler, *schedulers]),
                  (self.scalers, self._attach_scaler, [scaler, *scalers]))
+        models, optimizers = len(self.models), len(self.optimizers)
         for known, attach, objs in lists:
             for obj in objs:
                 if obj is not None and all(obj is not x for x in known):
@@ -207,7 +211,14 @@ class Recorder:
                         attach(obj)
                     else:
                         known.append(obj)
-        self._write_objects()
+        if self._frozen and len(self.optimizers) > optimizers:
+            # its parameters join the table at its first step: by then the model they
+            # belong to has usually been called (and named them), as in a k-fold loop
+            self._late_optimizer = True
+        if self._frozen and len(self.models) > models:
+            self.grow_params()
+        else:
+            self._write_objects()
 
     def _attach_model(self, model: torch.nn.Module) -> None:
         index = len(self.models)
@@ -313,25 +324,7 @@ class Recorder:
         if self._frozen:
             return
         self._frozen = True
-        multi = len(self.models) > 1
-        for mi, model in enumerate(self.models):
-            for pname, p in model.named_parameters():
-                self._add_param(p, f"model{mi}.{pname}" if multi else pname, model, pname)
-        for oi, opt in enumerate(self.optimizers):
-            for gi, group in enumerate(opt.param_groups):
-                for j, p in enumerate(group["params"]):
-                    self._add_param(p, f"opt{oi}.group{gi}.{j}", None, None)
-        owner = {}
-        for oi, opt in enumerate(self.optimizers):
-            for gi, group in enumerate(opt.param_groups):
-                for p in group["params"]:
-                    owner.setdefault(id(p), (oi, gi))
-        for index, p in enumerate(self.params):
-            oi, gi = owner.get(id(p), (None, None))
-            row = self._param_rows[index]
-            row["optimizer"], row["group"] = oi, gi
-            self.writer.line(schema.PARAMS_FILE, row)
-        self.writer.set_param_count(len(self.params))
+        self._extend_table(prefix_models=len(self.models) > 1)
         if self.params:
             self._device = self.params[0].device
         # The order gradients arrive in on the first backward ("backward order"): used to
@@ -341,6 +334,49 @@ class Recorder:
                 self._bw_handles.append(p.register_post_accumulate_grad_hook(
                     hooks.Callback(lambda _p, i=index: self._bw_order.append(i))))
         self._write_objects()
+
+    def grow_params(self) -> None:
+        """Add the parameters of models and optimizers attached after the table was fixed
+        (k-fold training, a second stage with a new model or optimizer): new rows in
+        params.jsonl, and the norm files widen from the next row on. Before the table is
+        fixed this does nothing (the first fix takes them)."""
+        self._late_optimizer = False
+        if not self._frozen:
+            return
+        # the steps closed so far are written at the old width first (waits for their
+        # values once per growth): a row is as wide as the table when its step closed
+        self._drain(block=True)
+        if self._extend_table(prefix_models=True):
+            if self._device is None:
+                self._device = self.params[0].device
+            self._write_objects()
+
+    def _extend_table(self, prefix_models: bool) -> bool:
+        """Add every parameter of the watched models (named `modelN.path`, or just `path`
+        without `prefix_models`) and then of the optimizers (`optN.groupG.J`) that is not in
+        the table yet; write their rows. Whether any was added."""
+        start = len(self.params)
+        for mi, model in enumerate(self.models):
+            for pname, p in model.named_parameters():
+                self._add_param(p, f"model{mi}.{pname}" if prefix_models else pname, model, pname)
+        for oi, opt in enumerate(self.optimizers):
+            for gi, group in enumerate(opt.param_groups):
+                for j, p in enumerate(group["params"]):
+                    self._add_param(p, f"opt{oi}.group{gi}.{j}", None, None)
+        if len(self.params) == start and start:
+            return False
+        owner = {}
+        for oi, opt in enumerate(self.optimizers):
+            for gi, group in enumerate(opt.param_groups):
+                for p in group["params"]:
+                    owner.setdefault(id(p), (oi, gi))
+        for index in range(start, len(self.params)):
+            oi, gi = owner.get(id(self.params[index]), (None, None))
+            row = self._param_rows[index]
+            row["optimizer"], row["group"] = oi, gi
+            self.writer.line(schema.PARAMS_FILE, row)
+        self.writer.set_param_count(len(self.params))
+        return len(self.params) > start
 
     def _add_param(self, p: torch.Tensor, name: str, model, pname) -> None:
         if id(p) in self._param_ids:
@@ -619,6 +655,8 @@ class Recorder:
             cur.involuntary_switches = usage[1] - self._last_usage[1]
         self._last_usage = usage
         cur.data_wait_s, self._wait_pending = self._wait_pending, 0.0
+        if self._late_optimizer:
+            self.grow_params()
         cur.inputs = self.inputs.take()
         if self.step % self.options.param_every == 0 and self.params:
             self.updates.before(self.params)

@@ -49,12 +49,13 @@ class UpdateSampler:
         self._copy: list[torch.Tensor] | None = None
         self.refused: str | None = None
         """Why copies are not taken (set once, from the first sampled step on)."""
-        self._checked = False
+        self._checked = 0
+        """The number of weights the memory budget was last checked for."""
 
     def _allowed(self, params: list[torch.Tensor], index: list[int]) -> bool:
-        if self._checked:
+        if self._checked == len(index) or self.refused is not None:  # checked for this table
             return self.refused is None
-        self._checked = True
+        self._checked = len(index)  # again if the parameter table grows (a late model)
         size = sum(params[i].numel() * params[i].element_size() for i in index)
         total = device_memory_bytes(params[index[0]].device)
         if total is not None and size > COPY_BUDGET_FRACTION * total:

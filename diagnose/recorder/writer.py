@@ -42,6 +42,7 @@ _WAKE_EVENTS = frozenset({"checkpoint", "exception", "oom"})
 comes with the record of the steps it holds, and a crash's cause reaches the disk early."""
 _STOP = object()
 _FLUSH = object()
+_RESIZE = object()
 
 
 def _clean(value: Any) -> Any:
@@ -100,6 +101,8 @@ class RunWriter:
         self._files: dict[str, Any] = {}
         self._matrices: dict[str, _Matrix] = {}
         self._n_params = n_params
+        self._columns = n_params
+        """The writer thread's column count (changed in queue order by `_RESIZE`)."""
         self._last_arrow_flush = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="diagnose-writer", daemon=True)
         try:
@@ -126,8 +129,13 @@ class RunWriter:
             self._pending.append((file_name, (step, values)))
 
     def set_param_count(self, n_params: int) -> None:
-        """Fix the number of parameter columns (before the first matrix row)."""
-        self._n_params = n_params
+        """Set the number of parameter columns of the rows queued from now on. When the
+        parameter table grows during a run (a model or optimizer adopted late), each Arrow
+        file ends its stream and starts a new one of the wider schema in the same file:
+        the file is then a sequence of streams (docs/run-directory.md)."""
+        if n_params != self._n_params:
+            self._n_params = n_params
+            self._pending.append((_RESIZE, n_params))
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Write everything queued so far (blocks until done or `timeout_s`)."""
@@ -158,6 +166,9 @@ class RunWriter:
                     self._flush_files(arrow_force=True)
                     payload.set()
                     continue
+                if kind is _RESIZE:
+                    self._resize(payload)
+                    continue
                 if self.failed is not None:
                     if kind == schema.META_FILE:
                         self._append_meta(payload)  # the final status, best effort
@@ -178,10 +189,27 @@ class RunWriter:
             self._files[file_name] = handle
         return handle
 
+    def _resize(self, columns: int) -> None:
+        """Rows from now on have `columns` columns: pending rows are written at the old
+        width and each open stream is ended (the next batch starts a new one)."""
+        self._columns = columns
+        if self.failed is not None:
+            return
+        try:
+            for matrix in self._matrices.values():
+                if matrix.columns != columns:
+                    self._write_batch(matrix)
+                    if matrix.writer is not None:
+                        matrix.writer.close()  # the end-of-stream marker; the file stays open
+                        matrix.writer = None
+                    matrix.columns = columns
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
     def _add_row(self, file_name: str, step: int, values: np.ndarray) -> None:
         matrix = self._matrices.get(file_name)
         if matrix is None:
-            matrix = _Matrix(self.rank_dir / file_name, self._n_params, [], [])
+            matrix = _Matrix(self.rank_dir / file_name, self._columns, [], [])
             self._matrices[file_name] = matrix
         matrix.steps.append(step)
         matrix.rows.append(values)
@@ -193,7 +221,10 @@ class RunWriter:
 
         if not matrix.rows:
             return
-        block = np.zeros((len(matrix.rows), matrix.columns), dtype=np.float32)
+        # a row shorter than the table (made before it grew): its missing columns are the
+        # parameters not in the table yet: "no gradient" in grad_norms, no value elsewhere
+        fill = schema.NO_GRAD_SENTINEL if matrix.path.name == schema.GRAD_NORMS_FILE else np.nan
+        block = np.full((len(matrix.rows), matrix.columns), fill, dtype=np.float32)
         for i, row in enumerate(matrix.rows):
             n = min(len(row), matrix.columns)
             block[i, :n] = row[:n]
@@ -202,7 +233,8 @@ class RunWriter:
         names = ["step"] + [schema.param_column(j) for j in range(matrix.columns)]
         batch = pa.RecordBatch.from_arrays(arrays, names=names)
         if matrix.writer is None:
-            matrix.sink = open(matrix.path, "ab")
+            if matrix.sink is None:
+                matrix.sink = open(matrix.path, "ab")
             matrix.writer = pa.ipc.new_stream(matrix.sink, batch.schema)
         matrix.writer.write_batch(batch)
         matrix.sink.flush()

@@ -129,6 +129,7 @@ def read_rank(rank_dir: Path, rank: int, notes: list[str]) -> RunTables:
     others, tokens = read(schema.EVENTS_FILE, lambda p, label: _events_file(p, label, notes), ([], None))
     no_norms = NormTables(empty_series(), empty_series().astype(bool))
     grads = read(schema.GRAD_NORMS_FILE, lambda p, label: read_norms(p, label, notes, no_grad_sentinel=True), no_norms)
+    weights = read(schema.PARAM_NORMS_FILE, lambda p, label: read_norms(p, label, notes), no_norms)
     tables = RunTables(
         rank=rank,
         path=rank_dir,
@@ -140,7 +141,8 @@ def read_rank(rank_dir: Path, rank: int, notes: list[str]) -> RunTables:
                    empty_steps()),
         grad_norms=grads.norms,
         grad_nonfinite=grads.nonfinite,
-        param_norms=read(schema.PARAM_NORMS_FILE, lambda p, label: read_norms(p, label, notes), no_norms).norms,
+        param_norms=weights.norms,
+        param_nonfinite=weights.nonfinite,
         update_norms=read(schema.UPDATE_NORMS_FILE, lambda p, label: read_norms(p, label, notes), no_norms).norms,
         calls=calls_table(tokens) if tokens is not None else empty_calls(),
         events=_events(others),

@@ -25,6 +25,10 @@ import pandas as pd
 from diagnose.rundir.tables import Run
 
 
+
+_NONFINITE = {"grad_norms": "grad_nonfinite", "param_norms": "param_nonfinite"}
+"""The mask that tells a series' real NaN/Inf from its absent values."""
+
 def _sharded(run: Run) -> dict[int, float]:
     """{parameter index: shards} from the lowest rank's parameter table."""
     params = run.first.params
@@ -72,12 +76,17 @@ def combine_shards(run: Run) -> None:
         if not columns or any(f.empty for f in frames):
             continue
         combined = _combine(frames, columns, scale)
+        mask = _NONFINITE.get(name)
+        if mask and all(set(columns) <= set(getattr(t, mask).columns) for t in tables):
+            nonfinite = pd.concat([getattr(x, mask)[columns] for x in tables]).groupby(level=0).any()
+        else:
+            mask = None
         for t in tables:
             setattr(t, name, _replace(getattr(t, name), combined))
-            if name == "grad_norms":
-                nonfinite = pd.concat([x.grad_nonfinite[columns] for x in tables]).groupby(level=0).any()
-                t.grad_nonfinite = t.grad_nonfinite.copy()
-                t.grad_nonfinite[columns] = nonfinite.reindex(t.grad_nonfinite.index, fill_value=False)
+            if mask:  # a shard's NaN/Inf makes the global norm one on every rank
+                merged = getattr(t, mask).copy()
+                merged[columns] = nonfinite.reindex(merged.index, fill_value=False)
+                setattr(t, mask, merged)
     columns = [c for c in sharded if all(c in t.grad_norms.columns for t in tables)]
     for t in tables:
         steps, norms = t.steps, t.grad_norms

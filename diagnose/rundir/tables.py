@@ -98,7 +98,11 @@ class RunTables:
         grad_norms: float, index `step`, one column per parameter index; NaN where the
             parameter had no gradient or the norm is NaN (see `grad_nonfinite`).
         grad_nonfinite: bool, same shape: the gradient norm was NaN or Inf.
-        param_norms: float, index `step` (sampled steps), one column per parameter index.
+        param_norms: float, index `step` (sampled steps), one column per parameter index;
+            NaN where the weights are NaN, or where the parameter was not in the table yet
+            (a model adopted later in the run; see `param_nonfinite`).
+        param_nonfinite: bool, same shape when read from a run directory (empty otherwise:
+            then every NaN/Inf in `param_norms` is a real one): the weight norm was NaN or Inf.
         update_norms: float, index `step` (sampled steps), one column per trainable
             parameter index: the norm of the optimizer step's change ‖w_before - w_after‖;
             with `param_norms` of the same step it gives the update ratio ‖Δw‖/‖w‖.
@@ -128,6 +132,7 @@ class RunTables:
     grad_norms: pd.DataFrame = field(default_factory=empty_series)
     grad_nonfinite: pd.DataFrame = field(default_factory=empty_series)
     param_norms: pd.DataFrame = field(default_factory=empty_series)
+    param_nonfinite: pd.DataFrame = field(default_factory=empty_series)
     update_norms: pd.DataFrame = field(default_factory=empty_series)
     calls: pd.DataFrame = field(default_factory=empty_calls)
     events: pd.DataFrame = field(default_factory=empty_events)

@@ -236,6 +236,7 @@ class Session:
 
     def _add_root(self, module: torch.nn.Module, late: bool) -> tuple[int, torch.nn.Module]:
         base = unwrap(module)
+        table = len(self.rec.params)
         known = self.targets.get(id(base))
         if known is None:
             self.rec.watch(model=base, instance_hooks=False)
@@ -257,11 +258,11 @@ class Session:
                                    "its forward runs inside dynamo, where no hook sees it, so "
                                    "its forward passes (mode, grad state, evaluation passes) "
                                    "are not recorded; torch.compile(model) keeps them visible")
-        if late:
-            in_table = sum(id(p) in self.rec._param_ids for p in base.parameters())
+        if late:  # watch() added its new parameters to the table (Recorder.grow_params)
+            added = len(self.rec.params) - table
             total = sum(1 for _ in base.parameters())
             self.rec.event("late_model", model=index, **{"class": type(base).__name__},
-                           params_in_table=in_table, params_missing=total - in_table)
+                           params_added=added, params_in_table=total - added)
         return known
 
     def _index_of(self, module: torch.nn.Module) -> int | None:
@@ -339,13 +340,8 @@ class Session:
                 self.forward_watch.widen()  # its model's first call must be seen
                 self._narrow_due = True
             self._nonroots.clear()  # its model may be a module already judged not to be one
-            missing = sum(id(p) not in self.rec._param_ids
-                          for group in opt.param_groups for p in group["params"])
-            if missing:
-                self.rec.event("not_recorded", what="late-optimizer", optimizer=index,
-                               message=f"opt{index} was created after the parameter table "
-                                       f"was fixed: gradient norms of its {missing} new "
-                                       "parameter tensors are not recorded")
+            # its parameters join the table at its first step (Recorder.grow_params), named
+            # after their model if it has been called by then
         return index
 
     def on_optimizer_zero_grad(self, opt) -> None:

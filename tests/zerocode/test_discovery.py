@@ -5,6 +5,7 @@ import textwrap
 from pathlib import Path
 
 from diagnose.recorder import RecorderOptions
+from diagnose.rundir.reader import read_run
 from diagnose.zerocode import run_script
 from tests.zerocode._helpers import Run
 
@@ -142,8 +143,16 @@ def test_late_optimizer_and_late_model(tmp_path):
     assert opts[1]["groups"][0]["params"] == [0, 1, 2, 3]  # the model's, already in the table
     assert run.objects["models"][1]["class"] == "Linear"
     late = run.kind("late_model")[0]
-    assert late["model"] == 1 and late["params_missing"] == 2
-    assert [n["what"] for n in run.kind("not_recorded")] == ["late-optimizer"]
+    assert late["model"] == 1 and late["params_added"] == 2 and late["params_in_table"] == 0
+    assert run.kind("not_recorded") == []
+    # the late model's parameters joined the table: named, owned by opt2, with gradient norms
+    assert [(p["index"], p["name"], p["optimizer"]) for p in run.params[4:]] == \
+        [(4, "model1.weight", 2), (5, "model1.bias", 2)]
+    assert opts[2]["groups"][0]["params"] == [4, 5]
+    grads = read_run(run.path).first.grad_norms
+    assert list(grads.columns) == [0, 1, 2, 3, 4, 5] and list(grads.index) == list(range(6))
+    assert grads.loc[:3, [4, 5]].isna().all().all()  # not in the table yet (no gradient)
+    assert (grads.loc[4:, [4, 5]] > 0).all().all()
     assert run.calls_by_step()[4] == ["opt2.zero_grad", "model1.forward[TGB]", "backward",
                                       "opt2.step"]
     assert len(run.steps) == 6 and len(run.steps[-1]["lr"]) == 3
