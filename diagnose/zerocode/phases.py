@@ -5,7 +5,13 @@ when a step's calls are written (by then every backward of the step has run, so 
 forward's `B` flag is final):
 
 - an *evaluation forward* is a forward of a model that no backward reached (no `B`),
-  whatever its mode and grad state (eval() + no_grad, or buggy: train mode, grad on);
+  whatever its mode and grad state (eval() + no_grad, or buggy: train mode, grad on),
+  except a grad-enabled one whose next forward-or-backward call is a `backward`: that
+  backward was meant for it, and reached nothing because the loss was cut from the graph
+  (`loss.detach().requires_grad_()`; field test round 4,
+  tests/scripts/loss_detached_requires_grad.py, read as a validation with autograd on
+  before). A validation never calls backward; the training forward that follows one
+  comes before the next backward;
 - `phase:val` goes before the first evaluation forward after training, moved back over
   the `modelN.eval` calls just before it;
 - `phase:train` goes before the next training call (zero_grad, a forward a backward
@@ -23,6 +29,8 @@ from diagnose.rundir import schema
 TRAIN = "train"
 VAL = "val"
 PHASE_PREFIX = "phase:"
+BACKWARD = "backward"
+"""The token of a backward() call (diagnose/recorder/recorder.py `on_backward`)."""
 
 
 def _is_forward(name: str) -> bool:
@@ -39,18 +47,40 @@ def _is_neutral(name: str) -> bool:
             or name.endswith(".update") or name.endswith(".eval"))
 
 
+def _backward_next(tokens: list[list]) -> list[bool]:
+    """Per token: whether the next forward or backward call after it is a `backward`."""
+    out = [False] * len(tokens)
+    upcoming = False
+    for i in range(len(tokens) - 1, -1, -1):
+        out[i] = upcoming
+        name = tokens[i][0]
+        if name == BACKWARD:
+            upcoming = True
+        elif _is_forward(name):
+            upcoming = False
+    return out
+
+
+def _cut_from_graph(token: list, backward_next: bool) -> bool:
+    """A grad-enabled forward no backward reached although a backward came right after
+    it: the training forward of a loss cut from the graph, not an evaluation."""
+    return backward_next and schema.FLAG_GRAD in (token[1] or "")
+
+
 def insert_phases(tokens: list[list], phase: str) -> tuple[list[list], str]:
     """`tokens` ([name, flags] pairs) with phase tokens inserted, and the phase at the end."""
     out: list[list] = []
-    for token in tokens:
+    backward_next = _backward_next(tokens)
+    for token, then_backward in zip(tokens, backward_next):
         name = token[0]
-        if phase == TRAIN and _is_eval_forward(token):
+        if phase == TRAIN and _is_eval_forward(token) and not _cut_from_graph(token, then_backward):
             at = len(out)
             while at > 0 and out[at - 1][0].endswith(".eval"):
                 at -= 1
             out.insert(at, [PHASE_PREFIX + VAL, None])
             phase = VAL
-        elif phase == VAL and not _is_eval_forward(token) and not _is_neutral(name):
+        elif phase == VAL and (not _is_eval_forward(token) or _cut_from_graph(token, then_backward)) \
+                and not _is_neutral(name):
             out.append([PHASE_PREFIX + TRAIN, None])
             phase = TRAIN
         out.append(token)

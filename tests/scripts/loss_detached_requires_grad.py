@@ -1,5 +1,5 @@
-"""Bug: a "fix" for `element 0 of tensors does not require grad` after the loss was
-computed from `.item()`-free but detached logits: the author re-attached it with
+"""Bug: a "fix" for `element 0 of tensors does not require grad` (raised once, when the
+loss was built from detached logits): the author made the error go away with
 `loss = loss.detach().requires_grad_()`. backward() now runs without error and reaches no
 parameter: the optimizer steps every batch and the model never changes."""
 import torch

@@ -89,3 +89,17 @@ def test_class_patches_wrap_once_and_undo_exactly():
     assert Child().hello() == "base" and calls == ["Child"] and is_wrapper(Base.hello)
     patches.undo()
     assert not is_wrapper(Base.hello) and "hello" not in vars(Child)
+
+
+def test_a_forward_whose_loss_was_cut_from_the_graph_stays_in_training():
+    """`loss.detach().requires_grad_()`: the backward right after the forward reached
+    nothing, so the forward has no B, but it is the step's training forward (field test
+    round 4); a validation with autograd on is followed by a training forward first."""
+    cut, phase = insert_phases(_tokens("batch", "model0.forward[TG]", "opt0.zero_grad", "backward",
+                                       "opt0.step"), "train")
+    assert "phase:val" not in _names(cut) and phase == "train"
+    validation, phase = insert_phases(_tokens("opt0.step", "model0.eval", "model0.forward[EG]", "model0.train",
+                                              "opt0.zero_grad", "model0.forward[TGB]", "backward"), "train")
+    assert _names(validation)[:3] == ["opt0.step", "phase:val", "model0.eval"] and phase == "train"
+    no_grad, _ = insert_phases(_tokens("model0.forward[TN]", "backward"), "train")
+    assert _names(no_grad)[0] == "phase:val"  # under no_grad it cannot be the loss's forward

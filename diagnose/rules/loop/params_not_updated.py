@@ -210,8 +210,7 @@ def _disconnected(run: RunTables, calls: CallIndex) -> Finding | None:
                      "stayed empty (None or zero) on every recorded step, so each optimizer step changed nothing and "
                      "the model keeps its initial weights"
                      + (", as its recorded weight norms confirm" if len(run.param_norms) >= 2 else "")
-                     + ". The forward passes that built the loss read as evaluations for the same reason "
-                       "(no backward reached them)."),
+                     + "."),
         fix=_DETACHED_FIX)
 
 
