@@ -244,3 +244,9 @@ def test_zero_grad_before_step_says_which_order_ran(order: str, expected: str, t
     assert finding.evidence["order"] == expected
     assert finding.title.startswith("opt0.step() runs before backward()") == (order == "step first")
     assert ("loss.backward()\n    optimizer.step()" in finding.fix) == (order == "step first")
+
+
+def test_missing_zero_grad_title_names_the_model_left_uncleared(tmp_path: Path) -> None:
+    [finding] = missing_zero_grad.check(read_run(_backbone_head_loop(tmp_path / "run", "head")).first)
+    assert finding.title.startswith("Gradients of model0 are not cleared before 11 of 11 of opt0's")
+    assert "only model1.zero_grad() runs, but opt0 also steps model0" in finding.title

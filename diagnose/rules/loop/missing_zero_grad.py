@@ -191,6 +191,9 @@ def check(run: RunTables) -> list[Finding]:
                        "and old batches never stop pulling the weights.")
         partial = _partial_clears(calls, holders, start[uncleared], end[uncleared])
         if partial:
+            left = ", ".join(sorted(holders - set(partial)))
+            title = (f"Gradients of {left} are not cleared before {n_bad} of {n_checked} of {opt}'s optimizer steps: "
+                     f"only {', '.join(f'{m}.zero_grad()' for m in partial)} runs, but {opt} also steps {left}")
             explanation += (f" {', '.join(f'{m}.zero_grad()' for m in partial)} ran between them, but {opt} also "
                             f"holds the parameters of {', '.join(sorted(holders - set(partial)))}, which it does "
                             f"not clear: call {opt}.zero_grad() instead.")
