@@ -10,8 +10,10 @@ forward's `B` flag is final):
   backward was meant for it, and reached nothing because the loss was cut from the graph
   (`loss.detach().requires_grad_()`; field test round 4,
   tests/scripts/loss_detached_requires_grad.py, read as a validation with autograd on
-  before). A validation never calls backward; the training forward that follows one
-  comes before the next backward;
+  before), when that backward reached no forward at all. A validation never calls
+  backward; the training forward that follows one comes before the next backward; a
+  teacher run with autograd on beside a student is still an evaluation with grad (the
+  backward reached the student's forward);
 - `phase:val` goes before the first evaluation forward after training, moved back over
   the `modelN.eval` calls just before it;
 - `phase:train` goes before the next training call (zero_grad, a forward a backward
@@ -48,14 +50,24 @@ def _is_neutral(name: str) -> bool:
 
 
 def _backward_next(tokens: list[list]) -> list[bool]:
-    """Per token: whether the next forward or backward call after it is a `backward`."""
+    """Per token: whether the next forward or backward call after it is a `backward` that
+    reached no forward at all (no forward with `B` since the backward before it). A
+    backward that reached another model's forward (a student's, beside a teacher run with
+    autograd on) leaves the un-reached forwards before it what they were."""
+    reached = [False] * len(tokens)
+    seen_b = False
+    for i, token in enumerate(tokens):
+        if token[0] == BACKWARD:
+            reached[i], seen_b = seen_b, False
+        elif _is_forward(token[0]) and schema.FLAG_BACKPROP in (token[1] or ""):
+            seen_b = True
     out = [False] * len(tokens)
     upcoming = False
     for i in range(len(tokens) - 1, -1, -1):
         out[i] = upcoming
         name = tokens[i][0]
         if name == BACKWARD:
-            upcoming = True
+            upcoming = not reached[i]
         elif _is_forward(name):
             upcoming = False
     return out

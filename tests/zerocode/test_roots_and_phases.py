@@ -103,3 +103,9 @@ def test_a_forward_whose_loss_was_cut_from_the_graph_stays_in_training():
     assert _names(validation)[:3] == ["opt0.step", "phase:val", "model0.eval"] and phase == "train"
     no_grad, _ = insert_phases(_tokens("model0.forward[TN]", "backward"), "train")
     assert _names(no_grad)[0] == "phase:val"  # under no_grad it cannot be the loss's forward
+
+
+def test_a_teacher_forward_with_grad_beside_a_trained_student_stays_an_evaluation():
+    tokens, _ = insert_phases(_tokens("opt1.zero_grad", "model1.forward[TGB]", "model0.forward[EG]", "backward",
+                                      "opt1.step"), "train")
+    assert _names(tokens)[:4] == ["opt1.zero_grad", "model1.forward[TGB]", "phase:val", "model0.forward[EG]"]
