@@ -12,6 +12,7 @@ import re
 import pyarrow.ipc as ipc
 import pytest
 
+from diagnose.rundir.reader import read_run
 from tests.scripts import SCRIPTS
 from tests.zerocode._helpers import Run, record
 
@@ -454,7 +455,18 @@ def check_healthy_kfold_fresh_model(run: Run) -> None:
     # five folds, each a new model, optimizer and scheduler: judged stage by stage
     assert len(run.steps) == 120 and len(run.objects["optimizers"]) == 5
     assert [m["class"] for m in run.objects["models"]] == ["Sequential"] * 5
-    assert len(run.kind("late_model")) == 4  # folds 1-4 come after the parameter table was fixed
+    late = run.kind("late_model")  # folds 1-4 come after the parameter table was fixed ...
+    assert [e["params_added"] for e in late] == [4] * 4
+    # ... and join it: every fold's four tensors are named and have gradient norms in its steps
+    names = [p["name"] for p in run.params]
+    assert len(names) == 20 and names[4:8] == ["model1.0.weight", "model1.0.bias",
+                                               "model1.3.weight", "model1.3.bias"]
+    grads = read_run(run.path).first.grad_norms
+    assert list(grads.columns) == list(range(20))
+    for fold in range(5):
+        own = grads.loc[24 * fold: 24 * fold + 23, 4 * fold: 4 * fold + 3]
+        assert (own > 0).all().all(), fold
+    assert grads.loc[:23, 4:].isna().all().all()  # later folds' models did not exist yet
     assert run.calls_by_step()[119][-3:] == ["phase:val", "model4.eval", "model4.forward[EN]"]
 
 
