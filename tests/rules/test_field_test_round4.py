@@ -25,14 +25,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from diagnose import Monitor
 from diagnose.rules._base import Severity
 from diagnose.rules.data import checkpoint_incomplete
-from diagnose.rules.loop import (missing_zero_grad, params_not_updated, scheduler_step_frequency,
-                                 zero_grad_before_step)
+from diagnose.rules.loop import (
+    missing_zero_grad,
+    params_not_updated,
+    scheduler_step_frequency,
+    zero_grad_before_step,
+)
 from diagnose.rules.numerics import loss_divergence
 from diagnose.rundir.reader import read_run
 from diagnose.rundir.tables import RunTables

@@ -6,8 +6,8 @@ log(2) as the features become domain-invariant: the total loss is not monotone."
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 torch.set_num_threads(1)
 torch.manual_seed(83)

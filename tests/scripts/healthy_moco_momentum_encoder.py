@@ -5,8 +5,8 @@ queue of past keys supplies the negatives."""
 import copy
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 torch.set_num_threads(1)
 torch.manual_seed(41)

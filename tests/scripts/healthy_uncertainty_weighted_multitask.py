@@ -3,8 +3,8 @@ weights (Kendall et al.): loss = sum exp(-s_i) * L_i + s_i. The log-variances s_
 parameters of their own optimizer group without weight decay, so the total loss goes
 negative as training proceeds, which is expected."""
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 torch.set_num_threads(1)
 torch.manual_seed(17)

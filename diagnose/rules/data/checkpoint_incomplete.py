@@ -46,6 +46,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pandas as pd
+
 from diagnose.rules._base import Finding, RunTables, Severity
 
 NAME = "checkpoint-incomplete"
@@ -88,7 +90,7 @@ def _first_step_end(run: RunTables) -> float | None:
     if not len(run.steps) or "t_s" not in run.steps:
         return None
     first = run.steps["t_s"].iloc[0]
-    return float(first) if first == first else None
+    return float(first) if pd.notna(first) else None
 
 
 def check(run: RunTables) -> list[Finding]:
@@ -106,7 +108,7 @@ def check(run: RunTables) -> list[Finding]:
         path = str(data.get("path"))
         if kind != "weights" or path in seen:  # one file: torch.save's event and log_checkpoint's
             continue
-        if path in IN_MEMORY or (first_step_end is not None and t_s == t_s and t_s < first_step_end):
+        if path in IN_MEMORY or (first_step_end is not None and pd.notna(t_s) and t_s < first_step_end):
             continue  # a copy in memory, or the initial weights: not a checkpoint to resume from
         seen.add(path)
         step = None if step is None or step != step else int(step)
