@@ -124,7 +124,7 @@ def _check_series(steps, loss) -> list[Finding]:
     end = float(np.median(values[-w:]))
     lost_all = end >= start
     severity = Severity.ERROR if lost_all else Severity.WARNING
-    if _rose_from_the_start_and_settled(values, start, best_value, end, NOISE_SE * se, w):
+    if _rose_from_the_start_and_settled(values, start, best_value, end, peak, NOISE_SE * se, w):
         return [_settled_rise(steps, start, end, peak, peak_step, onset, last, up_steps, w, noise)]
     recovered = b < n - 1 and not lost_all
     title = (f"Loss rose from its best, {_signals.fmt(best_value)} (step {best_step}), to {_signals.fmt(peak)} "
@@ -172,12 +172,16 @@ def _check_series(steps, loss) -> list[Finding]:
                     explanation=explanation, fix=_FIX)]
 
 
-def _rose_from_the_start_and_settled(values: np.ndarray, start: float, best: float, end: float, margin: float,
-                                     w: int) -> bool:
+def _rose_from_the_start_and_settled(values: np.ndarray, start: float, best: float, end: float, peak: float,
+                                     margin: float, w: int) -> bool:
     """The loss never fell measurably before it rose (its best is its start, within
-    `margin`), and it has stopped rising: the last w losses are no higher than the w
-    around the middle of the run, beyond `margin`."""
-    if start - best > margin:
+    `margin`), it settled up there (it ends above its start, beyond `margin`, and has come
+    down by no more than half of its rise from the peak), and it has stopped rising: the
+    last w losses are no higher than the w around the middle of the run, beyond `margin`.
+    A loss that shot up and then fell back or collapsed (a Hugging Face Trainer at LR 5:
+    12.8 -> 1,990 -> logged as 0 once NaN; tests/integrations/test_hf_trainer_logs.py)
+    is a divergence, not a task that got harder (MoCo: 2.1 -> 4.0, flat at 3.8)."""
+    if start - best > margin or end - start <= margin or peak - end > 0.5 * (peak - start):
         return False
     mid = len(values) // 2
     middle = float(np.median(values[max(0, mid - w // 2):mid + w - w // 2]))
