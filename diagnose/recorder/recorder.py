@@ -242,8 +242,16 @@ class Recorder:
                 return original(*args, **kwargs)
             return zero_grad
 
+        def make_load(original):
+            def load_state_dict(*args, **kwargs):
+                result = original(*args, **kwargs)
+                self._safe(self.on_load_state, name)
+                return result
+            return load_state_dict
+
         self.patches.wrap_method(model, "train", make_train)
         self.patches.wrap_method(model, "zero_grad", make_zero_grad)
+        self.patches.wrap_method(model, "load_state_dict", make_load)
 
     def _attach_optimizer(self, opt: torch.optim.Optimizer) -> None:
         index = len(self.optimizers)
@@ -472,6 +480,13 @@ class Recorder:
         self._token(f"{name}.{'train' if training else 'eval'}")
         if not training:
             self._drain(block=False)
+
+    def on_load_state(self, name: str) -> None:
+        """`model.load_state_dict(...)` returned: a call token (`modelN.load_state_dict`).
+        Loaded into a model being trained, it is a rollback to a snapshot (an LR range test
+        that restores its start, early stopping that goes back to the best weights): the
+        rules judge the loss before and after it apart (`_signals.restore_steps`)."""
+        self._token(f"{name}.load_state_dict")
 
     def on_zero_grad(self, owner: str) -> None:
         self._open_if_stepped()

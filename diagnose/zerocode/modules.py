@@ -169,6 +169,7 @@ def install(session: "Session", patches: ClassPatches) -> ForwardWatch:
     watch.install(patches)
     patches.wrap(torch.nn.Module, "train", _make_train(session))
     patches.wrap(torch.nn.Module, "zero_grad", _make_zero_grad(session))
+    patches.wrap(torch.nn.Module, "load_state_dict", _make_load_state_dict(session))
     patches.wrap(torch.nn.Module, "compile", _make_compile(session))
     patches.wrap(torch, "compile", _make_torch_compile(session))
     return watch
@@ -197,6 +198,17 @@ def _make_zero_grad(session: "Session"):
                 session.safe(session.on_module_zero_grad, self)
             return original(self, *args, **kwargs)
         return zero_grad
+    return make
+
+
+def _make_load_state_dict(session: "Session"):
+    def make(original):
+        def load_state_dict(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            if session.on and not _is_compiling():
+                session.safe(session.on_module_load_state, self)
+            return result
+        return load_state_dict
     return make
 
 

@@ -282,6 +282,13 @@ class Session:
         elif not self.resolved and next(module.parameters(), None) is not None:
             self.rec.pending_call(module, "train" if training else "eval", opens_step=False)
 
+    def on_module_load_state(self, module: torch.nn.Module) -> None:
+        """A recorded model's `load_state_dict` (weights loaded before the models are known,
+        e.g. pretrained ones, are not a rollback: not recorded)."""
+        index = self._index_of(module)
+        if index is not None:
+            self.rec.on_load_state(f"model{index}")
+
     def on_module_zero_grad(self, module: torch.nn.Module) -> None:
         index = self._index_of(module)
         if index is not None:

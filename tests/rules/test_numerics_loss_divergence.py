@@ -90,3 +90,58 @@ def test_a_bump_shorter_than_the_sustained_window_is_silent() -> None:
 
 def test_silent_on_healthy(healthy_run: Run) -> None:
     assert loss_divergence.check(healthy_run.first) == []
+
+
+def _range_test_then_train(run_dir, *, restore: bool):
+    """An LR range test (LR x1.3 a step until the loss is 4x its best), then training at a
+    modest LR: from the restored starting weights, or (the control) from where the test
+    left the weights. Pretrained weights are loaded before the Monitor sees any step."""
+    import copy
+
+    import torch
+
+    from diagnose import Monitor
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = x @ torch.randn(8, 1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    with Monitor(run_dir, model=model, optimizer=opt):
+        model.load_state_dict(copy.deepcopy(model.state_dict()))  # "pretrained": not a restore
+        start = copy.deepcopy(model.state_dict())
+        lr, best = 1e-4, float("inf")
+        for i in range(80):
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = torch.nn.functional.mse_loss(model(x[:32]), y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            best, lr = min(best, loss.item()), lr * 1.3
+            if i > 10 and loss.item() > 4 * best:
+                break
+        if restore:
+            model.load_state_dict(start)
+        for group in opt.param_groups:
+            group["lr"] = 1e-3
+        for _ in range(60):
+            loss = torch.nn.functional.mse_loss(model(x[:32]), y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return read_run(run_dir).first, i
+
+
+def test_a_rise_thrown_away_by_a_restore_is_judged_apart(tmp_path) -> None:
+    """model.load_state_dict after training began is a rollback (`restore_steps`): the
+    range test's blow-up and the restart from the initial weights are not a divergence; the
+    same loop that trains on from the blown-up weights still is one."""
+    from diagnose.rules.numerics import _signals
+
+    tables, tested = _range_test_then_train(tmp_path / "restored", restore=True)
+    assert _signals.restore_steps(tables.calls) == [tested]  # the pretrained load is not one
+    assert all(f.severity < Severity.WARNING for f in loss_divergence.check(tables))
+    control, _ = _range_test_then_train(tmp_path / "control", restore=False)
+    assert _signals.restore_steps(control.calls) == []
+    assert any(f.severity >= Severity.WARNING for f in loss_divergence.check(control))

@@ -130,6 +130,7 @@ SCRIPTS: dict[str, ScriptCase] = {
     "healthy_bf16_scaler_disabled_nosync.py": ScriptCase(),
     "healthy_moco_momentum_encoder.py": ScriptCase(),
     "healthy_early_stop_restore_best.py": ScriptCase(),
+    "healthy_lr_range_test_restore.py": ScriptCase(),
     "healthy_dann_gradient_reversal.py": ScriptCase(),
     "healthy_ctc_lstm_time_major.py": ScriptCase(),
     "loss_detached_requires_grad.py": ScriptCase(rules=("params-not-updated",), allowed=("loss-plateau",)),

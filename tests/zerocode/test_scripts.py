@@ -682,6 +682,15 @@ def check_healthy_moco_momentum_encoder(run: Run) -> None:
     assert finding.severity == Severity.INFO and finding.evidence["shape"] == "rose from the start, then settled"
 
 
+def check_healthy_lr_range_test_restore(run: Run) -> None:
+    # the restore is in the call order, in the range test's last step; the loss after it is
+    # judged apart (a fresh start from the initial weights, not a rise from the test's best)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("range test")]
+    tested = int(re.match(r"range test: (\d+) steps", lines[0]).group(1))
+    assert run.calls_by_step()[tested - 1].count("model0.load_state_dict") == 1
+    assert run.calls.count("model0.load_state_dict") == 1 and len(run.steps) == tested + 96
+
+
 def check_healthy_early_stop_restore_best(run: Run) -> None:
     assert len(run.steps) == 168 and run.stdout.count("restored best") == 2
     lrs = sorted({s["lr"][0] for s in run.steps}, reverse=True)

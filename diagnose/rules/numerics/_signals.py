@@ -61,6 +61,30 @@ def training_stages(calls: pd.DataFrame) -> list[tuple[int, int]]:
     return [(a, b - 1) for a, b in zip(bounds, bounds[1:])] + [(bounds[-1], last)]
 
 
+def restore_steps(calls: pd.DataFrame) -> list[int]:
+    """Steps in which a model that was already being trained had weights loaded into it
+    (`modelN.load_state_dict` after that model's first forward that a backward reached):
+    a rollback to a snapshot. The loss after it is not a continuation of the loss before:
+    an LR range test that ramps the LR until the loss blows up and then restores its
+    start, or early stopping that goes back to the best weights. Loading before training
+    (pretrained weights) is not one. Found in field test round 4 (an LR range test)."""
+    if calls is None or calls.empty or not {"step", "obj", "method", "backprop"} <= set(calls.columns):
+        return []
+    step = pd.to_numeric(calls["step"], errors="coerce")
+    obj, method = calls["obj"].astype(str), calls["method"].astype(str)
+    loads = (method == "load_state_dict") & step.notna()
+    if not loads.any():
+        return []
+    trained = (method == "forward") & (calls["backprop"] == True) & step.notna()  # noqa: E712 - nullable
+    first_trained = step[trained].groupby(obj[trained]).min()
+    out = set()
+    for at, name in zip(step[loads].astype(int), obj[loads]):
+        begun = first_trained.get(name)
+        if begun is not None and begun < at:
+            out.add(int(at))
+    return sorted(out)
+
+
 def not_skipped(steps: pd.DataFrame) -> pd.Series:
     """True for steps GradScaler did not skip (every step when there is no scaler)."""
     return ~steps["skipped"].astype(bool) if "skipped" in steps.columns else pd.Series(True, steps.index)

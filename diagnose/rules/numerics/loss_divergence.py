@@ -45,6 +45,10 @@ first steps on purpose (field test round 4: a MoCo queue filling with real negat
 2.1 -> 4.0 over 9 steps, then flat at 3.8 for 70 steps; tests/rules/test_field_test_round4.py).
 A loss that rises from the start and keeps rising (`maximize=True`, a sign error, an LR
 too high from step 0) keeps its warning or error.
+A model's `load_state_dict` after it began training (`_signals.restore_steps`) is a
+rollback: the loss is judged apart before and after it, and a rise that ended in the
+restore is info (an LR range test that ramps the LR until the loss blows up and then
+restores its start; field test round 4).
 Healthy scenarios (12, seeds 0-2): at most 11 consecutive "up" steps, 3.7% of the run
 (batch size 2, 300 steps); a converged run whose loss went from 1e-7 to 4e-6 is not up
 (that is nothing next to the 1.4 it started from). Faulty runs (seeds 0-2): 175-178 of
@@ -82,14 +86,39 @@ _FIX = """Find what changed at the turn (evidence: the step, the LR, the gradien
 def check(run: RunTables) -> list[Finding]:
     loss = _signals.finite_losses(run.steps)
     stages = _signals.training_stages(run.calls) if len(run.calls) else []
-    if len(stages) < 2:
+    restores = _signals.restore_steps(run.calls) if len(run.calls) else []
+    if len(stages) < 2 and not restores:
         return _check_series(run.steps, loss)
+    if not stages and len(loss):
+        stages = [(int(loss.index.min()), int(loss.index.max()))]
     findings = []
-    for first, last in stages:
+    for first, last in _split(stages, restores):
         for finding in _check_series(run.steps, loss[(loss.index >= first) & (loss.index <= last)]):
             finding.evidence["stage"] = [first, last]
+            if last in restores:
+                _rolled_back(finding, last)
             findings.append(finding)
     return findings
+
+
+def _split(stages: list[tuple[int, int]], restores: list[int]) -> list[tuple[int, int]]:
+    """The stages cut after each step in which the weights were restored."""
+    out = []
+    for first, last in stages:
+        for at in restores:
+            if first <= at < last:
+                out.append((first, at))
+                first = at + 1
+        out.append((first, last))
+    return out
+
+
+def _rolled_back(finding: Finding, at: int) -> None:
+    """A rise that ended in a restore of the weights was thrown away by the loop itself (an
+    LR range test, a rollback): worth knowing, not a warning."""
+    finding.severity = Severity.INFO
+    finding.title += f"; then the weights were restored (step {at}), so the rise was rolled back"
+    finding.evidence["restored_at"] = at
 
 
 def _check_series(steps, loss) -> list[Finding]:
