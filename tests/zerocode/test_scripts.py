@@ -475,8 +475,8 @@ def check_healthy_trainer_class_plateau_max(run: Run) -> None:
     metrics = [m["metrics"]["scheduler_metric"] for m in run.kind("metrics")]
     assert metrics == pytest.approx(_printed(run, r"val_acc ([0-9.]+)"), abs=1e-3)  # accuracy, mode="max"
     # the best weights are loaded back after the last epoch: recorded, in the last step
-    assert run.calls_by_step()[47][-5:] == ["model0.eval", "model0.forward[EN]", "model0.forward[EN]",
-                                            "sched0.step", "model0.load_state_dict"]
+    assert run.calls_by_step()[47][-6:] == ["model0.eval", "model0.forward[EN]", "model0.forward[EN]",
+                                            "sched0.step", "phase:train", "model0.load_state_dict"]
 
 
 def check_healthy_checkpointed_transformer_warm_restarts(run: Run) -> None:
