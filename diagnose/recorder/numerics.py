@@ -1,10 +1,11 @@
-"""Device-side numbers, read by the host one step later without a device sync.
+"""Device-side numbers, read by the host a few steps later without a device sync.
 
 Per step the recorder gathers a handful of 0-d device tensors (loss, loss scale, the
-pre-clip norm) and per-parameter norm vectors. `pack` concatenates them into one float32 vector and
-starts one non-blocking copy into a pinned host buffer, with a CUDA event behind it. `InFlight.ready()` asks the event (no sync); the host reads the values
-when the copy has landed, usually at the next step. On CPU everything is synchronous by
-nature, so the copy is a plain read.
+pre-clip norm) and per-parameter norm vectors. `pack` concatenates them into one float32
+vector and starts one non-blocking copy into a pinned host buffer, with a CUDA event
+behind it. `InFlight.ready()` asks the event (no sync); the host reads the values once
+the copy has landed, when the recorder finishes a batch of step records. On CPU
+everything is synchronous by nature, so the copy is a plain read.
 
 Sharded tensors (DTensor: FSDP2's `fully_shard` parameters and their gradients, tensor
 parallelism) are read through `to_local()`: the norms are this rank's shard's, computed
@@ -121,11 +122,12 @@ class HostCopier:
 
     One `cat` of the parts (0-d scalars and a few vectors, flattened as views; cast only
     when not float32), one non-blocking copy into a pinned host buffer of exactly that
-    size, and an event recorded behind it. Every CUDA call here costs host time on a
-    launch-bound step (on a slow lent H200 host: a view 26 us, `cat` 62 us, the copy
-    41 us, an event record 36 us; `torch._foreach_copy_` into a reused staging buffer
-    was tried and cost 207 us there, more than the `cat` it replaced: it copies tensor by
-    tensor for mixed shapes), so the calls are as few as the packing allows.
+    size, and an event recorded behind it on a kept stream object. Every CUDA call here
+    costs host time on a launch-bound step (`python3 bench/cuda_call_costs.py` on a lent
+    H200 host: a slice view 41.5 us, `cat` with two reshapes 60.5 us, the copy 49.8 us,
+    `Event()` + `record()` 54.7 us against 3.6 us for `record(stream)` on a kept stream;
+    `torch._foreach_copy_` into a reused staging buffer, tried instead of the `cat`, cost
+    91 us), so the calls are as few as the packing allows.
 
     Pinned host buffers (with their events) are kept by size in a free list: allocating
     pinned memory every step would cost more than the copy, and a step's sizes repeat
@@ -138,7 +140,7 @@ class HostCopier:
         self._free: dict[int, list[tuple[torch.Tensor, Any]]] = {}
         self._stream: tuple[Any, Any] = (None, None)
         """(stream id, torch.cuda.Stream) of the last pack: `Event.record()` with no stream
-        looks the current one up in Python (76 us on the slow lent host)."""
+        looks the current one up in Python (see the class docstring)."""
 
     def pack(self, parts: dict[str, torch.Tensor | None], meta: dict) -> InFlight:
         layout: dict[str, tuple[int, int]] = {}
@@ -177,9 +179,7 @@ class HostCopier:
         host, event = self._take(offset)
         host.copy_(packed, non_blocking=True)
         event.record(self._current_stream(packed.device))
-        flight = InFlight(host, event, layout, meta)
-        flight.meta["_base"] = (host, event)
-        return flight
+        return InFlight(host, event, layout, meta)
 
     def _current_stream(self, device: torch.device) -> Any:
         """The current CUDA stream of `device`: its id from one C call, the Stream object
@@ -193,12 +193,12 @@ class HostCopier:
         return self._stream[1]
 
     def release(self, flight: InFlight) -> None:
-        """Return a landed record's pinned buffer to the free list."""
-        base = flight.meta.pop("_base", None)
-        if base is not None:
-            free = self._free.setdefault(base[0].numel(), [])
+        """Return a landed record's pinned buffer (and its event) to the free list. Call
+        it once, after `values()`."""
+        if flight.event is not None:
+            free = self._free.setdefault(flight.host.numel(), [])
             if len(free) < 64:
-                free.append(base)
+                free.append((flight.host, flight.event))
 
     def _take(self, numel: int) -> tuple[torch.Tensor, Any]:
         free = self._free.get(numel)

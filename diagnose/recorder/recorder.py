@@ -351,18 +351,25 @@ class Recorder:
         self._late_optimizer = False
         if not self._frozen:
             return
-        # the steps closed so far are written at the old width first (waits for their
-        # values once per growth): a row is as wide as the table when its step closed
-        self._drain(block=True)
-        if self._extend_table(prefix_models=True):
+        if self._has_new_params():
+            # the steps closed so far are written at the old width first (waits for their
+            # values once per growth): a row is as wide as the table when its step closed
+            self._drain(block=True)
+            self._extend_table(prefix_models=True)
             if self._device is None:
                 self._device = self.params[0].device
-            self._write_objects()
+        self._write_objects()  # the new objects, and the optimizers' parameter indices
 
-    def _extend_table(self, prefix_models: bool) -> bool:
+    def _has_new_params(self) -> bool:
+        """Whether a watched model or optimizer holds a parameter not in the table."""
+        known = self._param_ids
+        return any(id(p) not in known for m in self.models for p in m.parameters()) or \
+            any(id(p) not in known for o in self.optimizers for g in o.param_groups for p in g["params"])
+
+    def _extend_table(self, prefix_models: bool) -> None:
         """Add every parameter of the watched models (named `modelN.path`, or just `path`
         without `prefix_models`) and then of the optimizers (`optN.groupG.J`) that is not in
-        the table yet; write their rows. Whether any was added."""
+        the table yet; write their rows and the new column count."""
         start = len(self.params)
         for mi, model in enumerate(self.models):
             for pname, p in model.named_parameters():
@@ -371,8 +378,6 @@ class Recorder:
             for gi, group in enumerate(opt.param_groups):
                 for j, p in enumerate(group["params"]):
                     self._add_param(p, f"opt{oi}.group{gi}.{j}", None, None)
-        if len(self.params) == start and start:
-            return False
         owner = {}
         for oi, opt in enumerate(self.optimizers):
             for gi, group in enumerate(opt.param_groups):
@@ -384,7 +389,6 @@ class Recorder:
             row["optimizer"], row["group"] = oi, gi
             self.writer.line(schema.PARAMS_FILE, row)
         self.writer.set_param_count(len(self.params))
-        return len(self.params) > start
 
     def _add_param(self, p: torch.Tensor, name: str, model, pname) -> None:
         if id(p) in self._param_ids:
@@ -784,7 +788,7 @@ class Recorder:
         inflight = self._inflight
         if not inflight:
             return
-        if batched and len(inflight) < _BATCH and len(inflight) <= _MAX_IN_FLIGHT \
+        if batched and len(inflight) < _BATCH \
                 and time.perf_counter() - inflight[0].created < _BATCH_WAIT_S:
             return
         while inflight and (block or len(inflight) > _MAX_IN_FLIGHT or inflight[0].ready()):

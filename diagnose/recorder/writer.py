@@ -221,8 +221,9 @@ class RunWriter:
 
         if not matrix.rows:
             return
-        # a row shorter than the table (made before it grew): its missing columns are the
-        # parameters not in the table yet: "no gradient" in grad_norms, no value elsewhere
+        # a row shorter than the table would leave its last columns unset: "no gradient"
+        # in grad_norms, no value elsewhere (the recorder writes every row of a step closed
+        # before the table grew ahead of the wider ones, so rows come at the full width)
         fill = schema.NO_GRAD_SENTINEL if matrix.path.name == schema.GRAD_NORMS_FILE else np.nan
         block = np.full((len(matrix.rows), matrix.columns), fill, dtype=np.float32)
         for i, row in enumerate(matrix.rows):
